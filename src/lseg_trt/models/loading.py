@@ -1,0 +1,148 @@
+"""Which checkpoint tensor goes where: variant detection, strict loading, and the documented ignores.
+
+Every tensor of a lang-seg checkpoint is either loaded into the image encoder or the text tower, or
+ignored for one of the reasons in IGNORED. Anything missing, unexpected or of the wrong shape is a
+user error that names the keys: lang-seg's own loaders used `strict=False` and silently dropped
+mismatches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import torch
+from open_clip.transformer import TextTransformer
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.models.clip_text import build_text_tower
+from lseg_trt.models.config import VARIANTS, LSegConfig
+from lseg_trt.models.encoder import LSegImageEncoder
+
+TEXT_PREFIX = "clip_pretrained."
+IGNORED: dict[str, str] = {
+    "clip_pretrained.visual.": "CLIP image tower: LSeg encodes images with its own backbone",
+    "clip_pretrained.logit_scale": "CLIP's learned temperature: LSeg uses a fixed 1/0.07",
+    "pretrained.model.norm.": "ViT final LayerNorm: lang-seg taps block outputs before it",
+    "pretrained.model.head.": "ViT ImageNet classifier: never run",
+}
+SIGNATURE_KEYS = {"vit": "pretrained.model.pos_embed", "resnet": "pretrained.layer1.0.weight"}
+
+
+@dataclass
+class LoadReport:
+    """What happened to each checkpoint tensor; `lseg-trt info` prints it."""
+
+    image_tensors: int = 0
+    text_tensors: int = 0
+    ignored: dict[str, int] = field(default_factory=dict)  # reason -> tensor count
+
+
+@dataclass
+class KeyMismatch:
+    missing: list[str]
+    unexpected: list[str]
+    wrong_shape: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.wrong_shape)
+
+    def describe(self, limit: int = 5) -> str:
+        parts = []
+        for what, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", self.wrong_shape)):
+            if keys:
+                more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+                parts.append(f"{len(keys)} {what}: {', '.join(keys[:limit])}{more}")
+        return "; ".join(parts)
+
+
+def ignore_reason(key: str) -> str | None:
+    return next((reason for prefix, reason in IGNORED.items() if key.startswith(prefix)), None)
+
+
+@lru_cache(maxsize=None)
+def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor our modules take from a checkpoint of `variant` (built on meta: instant)."""
+    cfg = VARIANTS[variant]
+    with torch.device("meta"):
+        image = LSegImageEncoder(cfg)
+        text = build_text_tower(cfg.text)
+    shapes = {k: tuple(v.shape) for k, v in image.state_dict().items()}
+    shapes.update({TEXT_PREFIX + k: tuple(v.shape) for k, v in text.state_dict().items()})
+    return shapes
+
+
+def key_mismatch(state_dict: dict[str, torch.Tensor], variant: str) -> KeyMismatch:
+    expected = expected_shapes(variant)
+    return KeyMismatch(
+        missing=sorted(k for k in expected if k not in state_dict),
+        unexpected=sorted(k for k in state_dict if k not in expected and ignore_reason(k) is None),
+        wrong_shape=sorted(
+            f"{k} {tuple(v.shape)} != {expected[k]}"
+            for k, v in state_dict.items()
+            if k in expected and tuple(v.shape) != expected[k]
+        ),
+    )
+
+
+def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
+    """Name the variant from signature keys and shapes (lang-seg stores no hyper-parameters)."""
+    family = next((f for f, key in SIGNATURE_KEYS.items() if key in state_dict), None)
+    if family is None:
+        sample = ", ".join(list(state_dict)[:3])
+        raise LsegTrtError(
+            "not an LSeg checkpoint: it has neither "
+            f"{' nor '.join(SIGNATURE_KEYS.values())} (first keys: {sample})"
+        )
+    candidates = [name for name, cfg in VARIANTS.items() if cfg.backbone == family]
+    for name in candidates:
+        if not key_mismatch(state_dict, name):
+            return name
+    closest = candidates[0]
+    raise LsegTrtError(
+        f"{family} LSeg checkpoint that matches no known variant; against {closest}: "
+        + key_mismatch(state_dict, closest).describe()
+    )
+
+
+def check_variant(state_dict: dict[str, torch.Tensor], variant: str) -> None:
+    """Raise a user error when a forced variant does not fit the checkpoint."""
+    mismatch = key_mismatch(state_dict, variant)
+    if mismatch:
+        try:
+            detected = f" (it looks like {detect_variant(state_dict)})"
+        except LsegTrtError:
+            detected = ""
+        raise LsegTrtError(f"checkpoint does not fit variant {variant}{detected}: {mismatch.describe()}")
+
+
+def load_weights(
+    state_dict: dict[str, torch.Tensor], cfg: LSegConfig
+) -> tuple[LSegImageEncoder, TextTransformer, LoadReport]:
+    """Build both towers directly from the checkpoint tensors (no random init), cast to float32.
+
+    The CLIP tensors are partly fp16 in real files (OpenAI's `clip.load` on CUDA converts them);
+    all are loaded as float32.
+    """
+    check_variant(state_dict, cfg.name)
+    with torch.device("meta"):
+        image = LSegImageEncoder(cfg)
+        text = build_text_tower(cfg.text)
+    image_sd, text_sd, ignored = {}, {}, Counter()
+    for key, tensor in state_dict.items():
+        reason = ignore_reason(key)
+        if reason is not None:
+            ignored[reason] += 1
+            continue
+        tensor = tensor.float() if tensor.is_floating_point() else tensor
+        if key.startswith(TEXT_PREFIX):
+            text_sd[key[len(TEXT_PREFIX) :]] = tensor
+        else:
+            image_sd[key] = tensor
+    image.load_state_dict(image_sd, strict=True, assign=True)
+    text.load_state_dict(text_sd, strict=True, assign=True)
+    # The causal mask is a non-persistent buffer (in no checkpoint): compute it for real.
+    text.attn_mask = text.build_causal_mask()
+    report = LoadReport(image_tensors=len(image_sd), text_tensors=len(text_sd), ignored=dict(ignored))
+    return image, text, report
