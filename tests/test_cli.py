@@ -38,6 +38,10 @@ def test_hwinfo_markdown_and_json() -> None:
     [
         (["info", "--weights", "/no/such.ckpt"], "not found"),
         (["info", "--weights", "random", "--variant", "vit_b99"], "unknown variant"),
+        (["export", "--weights", "/no/such.ckpt"], "not found"),
+        (["build", "--onnx", "/no/such.onnx"], "not found"),
+        (["build", "--onnx", "x.onnx", "--min-shape", "1x3x512x512"], "exceeds"),
+        (["build", "--onnx", "x.onnx", "--max-shape", "1x3x1000x1000"], "multiples of 32"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(args: list[str], message: str) -> None:
@@ -45,6 +49,21 @@ def test_user_errors_exit_2_without_traceback(args: list[str], message: str) -> 
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_export_then_build(tmp_path: Path) -> None:
+    onnx_dir, engine_dir = tmp_path / "onnx", tmp_path / "engines"
+    result = run_cli("export", "--weights", "random", "--variant", "tiny_rn", "--out", str(onnx_dir))
+    assert result.returncode == 0, result.stderr
+    assert "| 256x384 |" in result.stdout and "FAIL" not in result.stdout
+    onnx_file = onnx_dir / "lseg_tiny_rn_random_fp32.onnx"
+    assert result.stdout.strip().endswith(str(onnx_file))
+    shape = ["--min-shape", "1x3x64x64", "--opt-shape", "1x3x128x128", "--max-shape", "1x3x256x256"]
+    result = run_cli("build", "--onnx", str(onnx_file), "--no-fp16", "--out", str(engine_dir), *shape)
+    if "not installed" in result.stderr:
+        pytest.skip("no TensorRT flavour installed")
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()).name == "lseg_tiny_rn_random_fp32__fp32_sparse_ws512MiB.engine"
 
 
 def test_help_works_without_optional_packages(tmp_path: Path) -> None:

@@ -123,6 +123,4 @@ def get_config(variant: str) -> LSegConfig:
     try:
         return VARIANTS[variant]
     except KeyError:
-        raise LsegTrtError(
-            f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}"
-        ) from None
+        raise LsegTrtError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}") from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 
 import torch
 from open_clip.transformer import TextTransformer
@@ -50,7 +50,11 @@ class KeyMismatch:
 
     def describe(self, limit: int = 5) -> str:
         parts = []
-        for what, keys in (("missing", self.missing), ("unexpected", self.unexpected), ("wrong shape", self.wrong_shape)):
+        for what, keys in (
+            ("missing", self.missing),
+            ("unexpected", self.unexpected),
+            ("wrong shape", self.wrong_shape),
+        ):
             if keys:
                 more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
                 parts.append(f"{len(keys)} {what}: {', '.join(keys[:limit])}{more}")
@@ -61,7 +65,7 @@ def ignore_reason(key: str) -> str | None:
     return next((reason for prefix, reason in IGNORED.items() if key.startswith(prefix)), None)
 
 
-@lru_cache(maxsize=None)
+@cache
 def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
     """Key -> shape of every tensor our modules take from a checkpoint of `variant` (built on meta: instant)."""
     cfg = VARIANTS[variant]
@@ -92,8 +96,7 @@ def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
     if family is None:
         sample = ", ".join(list(state_dict)[:3])
         raise LsegTrtError(
-            "not an LSeg checkpoint: it has neither "
-            f"{' nor '.join(SIGNATURE_KEYS.values())} (first keys: {sample})"
+            f"not an LSeg checkpoint: it has neither {' nor '.join(SIGNATURE_KEYS.values())} (first keys: {sample})"
         )
     candidates = [name for name, cfg in VARIANTS.items() if cfg.backbone == family]
     for name in candidates:

@@ -97,7 +97,7 @@ class ViTTrunk(nn.Module):
                 break  # later blocks only feed the discarded final norm
         stages = (self.act_postprocess1, self.act_postprocess2, self.act_postprocess3, self.act_postprocess4)
         maps = []
-        for stage, tap in zip(stages, taps):
+        for stage, tap in zip(stages, taps, strict=True):
             t = stage[0](tap)  # [B, h*w, C]
             t = t.transpose(1, 2).reshape(b, t.shape[-1], grid_h, grid_w)
             maps.append(stage[3:](t))

@@ -1,0 +1,88 @@
+"""The only module that knows TensorRT comes in flavours.
+
+`tensorrt` 10.x has `BuilderFlag.FP16` (weakly typed networks may pick fp16 kernels); TensorRT 11 and
+TensorRT-RTX (`tensorrt_rtx_bindings`, which also builds ahead-of-time on a machine without a GPU)
+build only strongly typed networks, so precision comes from the ONNX file's own types. Everything
+else asks this module what the installed flavour can do; nothing else parses version strings.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from dataclasses import dataclass
+from functools import cache
+from types import ModuleType
+
+from lseg_trt.errors import LsegTrtError, MissingDependencyError
+
+log = logging.getLogger(__name__)
+
+FLAVOURS = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx_bindings"}
+INSTALL_HINT = {
+    "tensorrt": "pip install tensorrt (needs an NVIDIA GPU to run engines)",
+    "tensorrt-rtx": "pip install 'lseg-trt[tensorrt-rtx]'",
+}
+
+
+@dataclass(frozen=True)
+class TensorRT:
+    """An imported TensorRT flavour and what it supports."""
+
+    flavour: str  # "tensorrt" or "tensorrt-rtx"
+    module: ModuleType
+
+    @property
+    def version(self) -> str:
+        return str(self.module.__version__)
+
+    @property
+    def has_fp16_flag(self) -> bool:
+        """TensorRT 10.x: fp16 through a builder flag on an fp32 network."""
+        return hasattr(self.module.BuilderFlag, "FP16")
+
+    @property
+    def strongly_typed_only(self) -> bool:
+        """TensorRT 11 and TensorRT-RTX: precision must be in the ONNX model itself."""
+        return not self.has_fp16_flag
+
+    @property
+    def has_timing_cache(self) -> bool:
+        """TensorRT-RTX (>= 1.2) keeps the timing-cache API but makes every operation a no-op."""
+        return self.flavour != "tensorrt-rtx"
+
+    def builder_flag(self, name: str):  # noqa: ANN201 - a trt.BuilderFlag
+        """The named BuilderFlag, or None when this flavour lacks it (callers log the skip)."""
+        return getattr(self.module.BuilderFlag, name, None)
+
+    def network_flags(self, strongly_typed: bool) -> int:
+        """Creation flags: explicit batch is the only mode since TensorRT 10; request strong typing
+        where the flavour offers the flag (RTX and 11 are strongly typed regardless)."""
+        flag = getattr(self.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+        return (1 << int(flag)) if (strongly_typed and flag is not None) else 0
+
+    def describe(self) -> str:
+        return f"{self.flavour} {self.version}"
+
+
+@cache
+def _import(flavour: str) -> TensorRT:
+    try:
+        module = importlib.import_module(FLAVOURS[flavour])
+    except ImportError as e:
+        raise MissingDependencyError(f"{flavour} is not installed ({e}); {INSTALL_HINT[flavour]}") from None
+    return TensorRT(flavour, module)
+
+
+def load(flavour: str = "auto") -> TensorRT:
+    """Import a flavour by name; `auto` prefers full TensorRT, then TensorRT-RTX."""
+    if flavour == "auto":
+        for candidate in FLAVOURS:
+            try:
+                return _import(candidate)
+            except MissingDependencyError:
+                continue
+        raise MissingDependencyError("no TensorRT flavour is installed; " + " or ".join(INSTALL_HINT.values()))
+    if flavour not in FLAVOURS:
+        raise LsegTrtError(f"unknown TensorRT flavour {flavour!r}; use auto, {', '.join(FLAVOURS)}")
+    return _import(flavour)
