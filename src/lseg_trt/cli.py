@@ -104,6 +104,84 @@ def cmd_build(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(ns: argparse.Namespace) -> int:
+    import dataclasses
+    import shlex
+
+    import torch
+    from tqdm import tqdm
+
+    from lseg_trt import hwinfo
+    from lseg_trt.bench import BenchSettings, bench, matmul_ceiling
+    from lseg_trt.bench_report import write_results
+    from lseg_trt.models import load_lseg
+    from lseg_trt.runners import parse_backend
+    from lseg_trt.sizes import parse_size
+
+    device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device.startswith("cuda")
+    defaults = GPU_BENCH_DEFAULTS if on_gpu else CPU_BENCH_DEFAULTS
+    sizes = tuple(parse_size(s) for s in (ns.sizes or defaults["sizes"]))
+    specs = [parse_backend(b) for b in _split(ns.backends or defaults["backends"])]
+    settings = BenchSettings(
+        sizes=sizes,
+        batch=ns.batch,
+        iterations=ns.iterations or defaults["iterations"],
+        warmup=ns.warmup if ns.warmup is not None else defaults["warmup"],
+        include_copies=ns.include_copies,
+        device=device,
+        cache_dir=ns.cache,
+    )
+    sources = _weight_sources(ns)
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+    ceiling = matmul_ceiling(device) if on_gpu and not ns.no_ceiling else None
+    total = len(sources) * len(specs) * len(sizes)
+    rows = []
+    with tqdm(total=total, desc="bench", unit="run") as bar:
+        for weights, variant in sources:
+            lseg = load_lseg(weights, variant=variant)
+            if not lseg.semantic:
+                log.info("%s: random weights, latency only", lseg.variant)
+            rows += bench([lseg], specs, settings, on_step=lambda label: (bar.set_postfix_str(label), bar.update()))
+    command = "lseg-trt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    paths = write_results(rows, ns.out, hwinfo.collect(), command, dataclasses.asdict(settings), ceiling)
+    print(paths[2].read_text())
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+CPU_BENCH_DEFAULTS = {"sizes": ["256", "320"], "backends": "torch,onnxruntime", "iterations": 5, "warmup": 1}
+GPU_BENCH_DEFAULTS = {
+    "sizes": ["256", "320", "384", "480", "640", "768", "1024"],
+    "backends": "torch,torch-fp16,torch-fp16+graph,torch-compile-fp16,torch-compile-fp16+graph,tensorrt",
+    "iterations": 50,
+    "warmup": 10,
+}
+
+
+def _split(values: list[str] | str) -> list[str]:
+    items = values if isinstance(values, list) else [values]
+    return [part.strip() for item in items for part in item.split(",") if part.strip()]
+
+
+def _weight_sources(ns: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(weights, variant) pairs: explicit --weights, a seed-style folder, or random for each variant."""
+    from pathlib import Path
+
+    if ns.weights_dir:
+        root = Path(ns.weights_dir)
+        folders = {"ViT": "vit_l16", "Resnet": "rn101_zs"}
+        found = [(str(p), variant) for sub, variant in folders.items() for p in sorted((root / sub).glob("*.ckpt"))]
+        if not found:
+            raise LsegTrtError(f"no checkpoints under {root}/ViT/*.ckpt or {root}/Resnet/*.ckpt")
+        return found
+    if ns.weights:
+        return [(w, ns.variant) for w in ns.weights]
+    return [("random", v) for v in _split(ns.variants)]
+
+
 Command = tuple[str, Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
 
 
@@ -141,7 +219,26 @@ def _build_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="models/engines", help="output folder [%(default)s]")
 
 
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weights", "default: random weights for each of --variants")
+    g.add_argument("--weights", action="append", help="checkpoint (repeatable) or 'random'")
+    g.add_argument("--weights-dir", help="folder laid out like the seed: ViT/*.ckpt, Resnet/*.ckpt")
+    g.add_argument("--variant", default=None, help="force the variant of --weights")
+    g.add_argument("--variants", default="vit_l16,rn101_zs", help="for random weights [%(default)s]")
+    p.add_argument("--sizes", nargs="+", help="N or HxW; default 256 320 on CPU, 256..1024 on GPU")
+    p.add_argument("--backends", action="append", help="comma list, e.g. torch,torch-fp16+graph (see runners)")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--iterations", type=int, help="timed iterations (default 5 on CPU, 50 on GPU)")
+    p.add_argument("--warmup", type=int, help="discarded iterations (default 1 on CPU, 10 on GPU)")
+    p.add_argument("--include-copies", action="store_true", help="time host->device->host copies too")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [%(default)s]")
+    p.add_argument("--no-ceiling", action="store_true", help="skip the bf16 GEMM ceiling on GPU")
+    p.add_argument("--cache", default="models", help="ONNX / engine cache folder [%(default)s]")
+    p.add_argument("--out", default="outputs/bench", help="result folder [%(default)s]")
+
+
 COMMANDS: dict[str, Command] = {
+    "bench": ("latency of every backend over sizes: Markdown, CSV, JSON, PNG", cmd_bench, _bench_args),
     "export": ("checkpoint -> ONNX (dynamic batch/H/W), verified with ONNX Runtime", cmd_export, _export_args),
     "build": ("ONNX -> TensorRT engine + JSON sidecar (reused only when it matches)", cmd_build, _build_args),
     "info": ("variant, parameter counts and checkpoint key report", cmd_info, _info_args),

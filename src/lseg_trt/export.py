@@ -126,6 +126,18 @@ def onnx_from_lseg(lseg: LSeg, out_dir: str | Path, precision: str = "fp32", ops
     return final
 
 
+def cached_onnx(lseg: LSeg, out_dir: str | Path, precision: str = "fp32") -> Path:
+    """The exported model for these weights, reused when its metadata names the same checkpoint."""
+    path = Path(out_dir) / onnx_name(lseg, precision)
+    if path.is_file():
+        meta = read_metadata(path)
+        if meta.get("variant") == lseg.variant and meta.get("checkpoint_sha256") == (lseg.sha256 or "random"):
+            log.info("reusing %s", path)
+            return path
+        log.info("re-exporting %s: it was made from other weights", path.name)
+    return onnx_from_lseg(lseg, out_dir, precision)
+
+
 @dataclass(frozen=True)
 class VerifyResult:
     size: tuple[int, int]

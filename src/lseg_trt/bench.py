@@ -1,0 +1,274 @@
+"""Latency methodology and result files.
+
+Method: the runner is activated and prepared for the shape outside the timed region (model upload,
+ONNX/engine loading, CUDA-graph capture, Inductor compilation); warm-up iterations are discarded;
+each timed iteration gets one of four random inputs regenerated per size (never a constant tensor);
+on a GPU every iteration is bracketed by CUDA events on the runner's stream (device time, no host
+clock), on a CPU by `time.perf_counter`. By default the input is already on the device and the output
+stays there (compute only); `include_copies` adds the pinned host->device copy of the input and the
+device->host copy of the output to every iteration. Autograd is off (inference mode) for torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.models import LSeg
+from lseg_trt.models.config import VARIANTS
+from lseg_trt.models.encoder import LSegImageEncoder
+from lseg_trt.runners import BackendSpec, Runner, make_runner
+from lseg_trt.sizes import format_size
+from lseg_trt.tensorrt.options import Profile
+
+log = logging.getLogger(__name__)
+
+INPUT_POOL = 4
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    sizes: tuple[tuple[int, int], ...]
+    batch: int = 1
+    iterations: int = 50
+    warmup: int = 10
+    include_copies: bool = False
+    device: str = "cpu"
+    cache_dir: str = "models"
+
+
+@dataclass
+class BenchRow:
+    """One (weights, backend, size) measurement; `status` is `ok`, `oom`, `unavailable: …` or `error: …`."""
+
+    variant: str
+    weights: str
+    backend: str
+    height: int
+    width: int
+    batch: int
+    status: str = "ok"
+    iterations: int = 0
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    median_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    min_ms: float | None = None
+    throughput_ips: float | None = None  # images per second at the median
+    peak_mem_mib: float | None = None  # timed loop, torch allocator only (TensorRT / ORT arenas are not seen)
+    gflops: float | None = None  # per forward (torch.utils.flop_counter, multiply-add = 2)
+    tflops_achieved: float | None = None  # at the median latency
+    includes_copies: bool = False
+    device: str = "cpu"
+    note: str = ""
+
+    @property
+    def size(self) -> str:
+        return f"{self.height}x{self.width}"
+
+
+@cache
+def forward_flops(variant: str, batch: int, height: int, width: int) -> int:
+    """FLOPs of one forward, counted on the meta device (no memory, no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        encoder = LSegImageEncoder(VARIANTS[variant]).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            encoder(torch.empty(batch, 3, height, width))
+    return int(counter.get_total_flops())
+
+
+def _statistics(times_ms: list[float]) -> dict[str, float]:
+    t = np.asarray(times_ms, dtype=np.float64)
+    return {
+        "mean_ms": float(t.mean()),
+        "std_ms": float(t.std(ddof=1)) if len(t) > 1 else 0.0,
+        "median_ms": float(np.median(t)),
+        "p90_ms": float(np.percentile(t, 90)),
+        "p99_ms": float(np.percentile(t, 99)),
+        "min_ms": float(t.min()),
+    }
+
+
+def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: BenchSettings) -> list[float]:
+    """Per-iteration latency in ms (warm-up excluded), as described in the module docstring."""
+    device = runner.device
+    gen = torch.Generator(device="cpu").manual_seed(hash(shape) & 0xFFFF)
+    host_inputs = [torch.randn(shape, generator=gen) for _ in range(INPUT_POOL)]
+    if device.type == "cuda" and settings.include_copies:
+        host_inputs = [h.pin_memory() for h in host_inputs]
+    inputs = [h.to(device) for h in host_inputs]
+    runner.prepare(shape)
+    sink: torch.Tensor | None = None
+
+    def step(i: int) -> None:
+        nonlocal sink
+        if settings.include_copies:
+            x = host_inputs[i % INPUT_POOL].to(device, non_blocking=True)
+            y = runner.infer(x)
+            if sink is None or sink.shape != y.shape:
+                sink = torch.empty(y.shape, dtype=y.dtype, pin_memory=device.type == "cuda")
+            sink.copy_(y, non_blocking=True)
+        else:
+            runner.infer(inputs[i % INPUT_POOL])
+
+    for i in range(settings.warmup):
+        step(i)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)  # after warm-up: cuDNN autotuning workspaces are not the model's
+        events = [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(settings.iterations)
+        ]
+        for i, (start, end) in enumerate(events):
+            start.record()
+            step(i)
+            end.record()
+        torch.cuda.synchronize(device)
+        return [start.elapsed_time(end) for start, end in events]
+    import time
+
+    times = []
+    for i in range(settings.iterations):
+        started = time.perf_counter()
+        step(i)
+        times.append((time.perf_counter() - started) * 1000)
+    return times
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def bench(
+    models: Iterable[LSeg],
+    specs: Iterable[BackendSpec],
+    settings: BenchSettings,
+    on_step: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
+    """Measure every backend on every model at every size; failures become rows, the run goes on."""
+    rows: list[BenchRow] = []
+    profile = _profile_for(settings)
+    for lseg in models:
+        for spec in specs:
+            base = {
+                "variant": lseg.variant,
+                "weights": lseg.weights_name,
+                "backend": spec.name,
+                "batch": settings.batch,
+            }
+            runner: Runner | None = None
+            try:
+                runner = make_runner(spec, lseg, settings.device, settings.cache_dir, profile).activate()
+            except (LsegTrtError, ImportError, RuntimeError) as e:
+                log.warning("%s unavailable: %s", spec.name, e)
+                rows += [BenchRow(**base, height=h, width=w, status=f"unavailable: {e}") for h, w in settings.sizes]
+                if on_step:
+                    for _ in settings.sizes:
+                        on_step(spec.name)
+                continue
+            try:
+                for h, w in settings.sizes:
+                    rows.append(_measure(runner, base, (settings.batch, 3, h, w), settings))
+                    if on_step:
+                        on_step(f"{lseg.variant} {spec.name} {format_size((h, w))}")
+            finally:
+                runner.deactivate()
+    return rows
+
+
+def _measure(
+    runner: Runner, base: dict[str, Any], shape: tuple[int, int, int, int], settings: BenchSettings
+) -> BenchRow:
+    row = BenchRow(
+        **base, height=shape[2], width=shape[3], includes_copies=settings.include_copies, device=str(runner.device)
+    )
+    cuda = runner.device.type == "cuda"
+    try:
+        if cuda:
+            torch.cuda.empty_cache()
+        times = time_runner(runner, shape, settings)
+    except (RuntimeError, LsegTrtError) as e:
+        if cuda:
+            torch.cuda.empty_cache()
+        if _is_oom(e):
+            row.status = "oom"
+        else:
+            row.status = f"error: {str(e).splitlines()[0][:200]}"
+        log.warning("%s %s: %s", runner.name, row.size, row.status)
+        return row
+    for key, value in _statistics(times).items():
+        setattr(row, key, value)
+    row.iterations = len(times)
+    row.throughput_ips = shape[0] * 1000 / row.median_ms
+    flops = forward_flops(base["variant"], *shape[:1], *shape[2:])
+    row.gflops = flops / 1e9
+    row.tflops_achieved = flops / (row.median_ms * 1e-3) / 1e12
+    if cuda:
+        row.peak_mem_mib = torch.cuda.max_memory_allocated(runner.device) / 2**20
+    return row
+
+
+def _profile_for(settings: BenchSettings) -> Profile:
+    """An engine profile covering every requested size (opt at the middle one)."""
+    heights = sorted(h for h, _ in settings.sizes)
+    widths = sorted(w for _, w in settings.sizes)
+    b = settings.batch
+    middle = settings.sizes[len(settings.sizes) // 2]
+    return Profile((b, 3, heights[0], widths[0]), (b, 3, *middle), (b, 3, heights[-1], widths[-1]))
+
+
+def matmul_ceiling(device: str | torch.device, n: int = 8192, iterations: int = 50) -> dict[str, float]:
+    """Dense bf16 GEMM throughput (n x n x n): the yardstick for achieved TFLOP/s."""
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(5):
+        a @ b
+    torch.cuda.synchronize(device)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iterations):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    ms = start.elapsed_time(end) / iterations
+    return {"n": n, "ms": ms, "tflops": 2 * n**3 / (ms * 1e-3) / 1e12}
+
+
+def rows_to_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
+    return [asdict(r) for r in rows]
+
+
+def summarize(rows: list[BenchRow], ceiling_tflops: float | None) -> list[dict[str, Any]]:
+    """Per model and size: the fastest backend, its speed-up over torch fp32 eager, its share of the ceiling."""
+    out = []
+    keys = sorted({(r.variant, r.weights, r.height, r.width) for r in rows}, key=lambda k: (k[0], k[1], k[2] * k[3]))
+    for variant, weights, h, w in keys:
+        ok = [
+            r
+            for r in rows
+            if (r.variant, r.weights, r.height, r.width) == (variant, weights, h, w) and r.status == "ok"
+        ]
+        if not ok:
+            continue
+        fastest = min(ok, key=lambda r: r.median_ms)
+        baseline = next((r for r in ok if r.backend == "torch"), None)
+        out.append({
+            "variant": variant, "weights": weights, "size": f"{h}x{w}", "fastest": fastest.backend,
+            "median_ms": fastest.median_ms,
+            "speedup_vs_torch_fp32": baseline.median_ms / fastest.median_ms if baseline else None,
+            "tflops": fastest.tflops_achieved,
+            "share_of_bf16_ceiling": fastest.tflops_achieved / ceiling_tflops if ceiling_tflops else None,
+        })  # fmt: skip
+    return out
