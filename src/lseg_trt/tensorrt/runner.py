@@ -54,6 +54,7 @@ class TensorRTRunner(Runner):
             raise LsegTrtError(f"engine not found: {self.engine_path}")
         self.input_name, self.profile = read_profile(self.engine_path)
         self.shape: Shape | None = None
+        self.graphs: GraphCache | None = None
 
     def _activate(self) -> None:
         if self.device.type != "cuda" or not torch.cuda.is_available():
@@ -97,7 +98,10 @@ class TensorRTRunner(Runner):
         return self.output
 
     def prepare(self, shape: Shape) -> None:
+        """Check the shape against the profile; once active, also bind it (or capture its graph)."""
         check_shape(self.profile, shape, self.engine_path.name)
+        if not self.active:
+            return
         if self.graphs is not None:
             self.graphs.capture(shape)
         else:

@@ -1,0 +1,74 @@
+"""Benchmark rows and result files (formats, not speed)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lseg_trt import hwinfo
+from lseg_trt.bench import BenchSettings, bench, forward_flops
+from lseg_trt.bench_report import write_results
+from lseg_trt.models import LSeg
+from lseg_trt.runners import parse_backend
+
+
+@pytest.fixture(scope="module")
+def rows(tiny_vit: LSeg, tiny_rn: LSeg, tmp_path_factory: pytest.TempPathFactory) -> list:
+    settings = BenchSettings(
+        sizes=((64, 64), (64, 96)), iterations=3, warmup=1, cache_dir=str(tmp_path_factory.mktemp("cache"))
+    )
+    specs = [parse_backend(b) for b in ("torch", "onnxruntime", "torch-fp16+graph")]
+    return bench([tiny_vit, tiny_rn], specs, settings)
+
+
+def test_rows_cover_every_combination(rows: list) -> None:
+    assert len(rows) == 2 * 3 * 2
+    ok = [r for r in rows if r.status == "ok"]
+    assert {r.backend for r in ok} == {"torch", "onnxruntime"}
+    for r in ok:
+        assert r.iterations == 3 and 0 < r.min_ms <= r.median_ms <= r.p99_ms
+        assert r.gflops > 0 and r.tflops_achieved > 0 and not r.includes_copies
+    unavailable = [r for r in rows if r.backend == "torch-fp16+graph"]
+    assert all(r.status.startswith("unavailable: ") and "CUDA" in r.status for r in unavailable)
+
+
+def test_flop_count_scales_with_pixels() -> None:
+    small, large = forward_flops("tiny_rn", 1, 64, 64), forward_flops("tiny_rn", 1, 128, 128)
+    assert small > 0 and 3.5 < large / small < 4.5
+    assert forward_flops("tiny_rn", 2, 64, 64) == 2 * small
+
+
+def test_result_files(rows: list, tmp_path: Path) -> None:
+    paths = write_results(rows, tmp_path, hwinfo.collect(), "lseg-trt bench --test", {"iterations": 3})
+    assert [p.suffix for p in paths] == [".json", ".csv", ".md", ".png"]
+    record = json.loads(paths[0].read_text())
+    assert record["command"] == "lseg-trt bench --test" and record["machine"]["cpu_cores"] >= 1
+    assert len(record["rows"]) == len(rows) and record["summary"]
+    with open(paths[1]) as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == len(rows) and {"backend", "median_ms", "p99_ms", "status"} <= set(table[0])
+    md = paths[2].read_text()
+    assert "| Size | torch ms | onnxruntime ms | torch-fp16+graph ms |" in md
+    assert "| 64x96 |" in md and "n/a" in md and "## Machine" in md
+    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_bench_reports_bad_input(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "lseg_trt.cli", "bench", "--out", str(tmp_path), *args],
+            capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+
+    result = run("--variants", "tiny_rn", "--backends", "torch,warp-drive")
+    assert result.returncode == 2 and "unknown backend" in result.stderr
+    result = run("--variants", "tiny_rn", "--sizes", "100")
+    assert result.returncode == 2 and "nearest: 96 or 128" in result.stderr
+    result = run("--variants", "tiny_rn", "--sizes", "64", "--backends", "torch", "--iterations", "2")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "bench.md").is_file() and "| 64x64 |" in result.stdout

@@ -1,0 +1,79 @@
+"""Every backend against torch fp32 on the tiny networks, and the runner contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lseg_trt import LsegTrtError
+from lseg_trt.metrics import compare_features
+from lseg_trt.models import LSeg
+from lseg_trt.runners import make_runner, parse_backend
+
+# per-pixel cosine floor against torch fp32, per precision
+FLOOR = {"fp32": 0.99999, "fp16": 0.999, "bf16": 0.99}
+
+
+@pytest.fixture(scope="module")
+def batch() -> torch.Tensor:
+    return torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(3))
+
+
+@pytest.mark.parametrize(
+    "backend", ["torch", "torch-fp16", "torch-bf16", "torch-compile", "onnxruntime", "onnxruntime-fp16"]
+)
+def test_runner_matches_torch_fp32(tiny: LSeg, backend: str, batch: torch.Tensor, tmp_path: Path) -> None:
+    spec = parse_backend(backend)
+    with torch.inference_mode():
+        reference = tiny.image_encoder(batch)
+    with make_runner(spec, tiny, "cpu", cache_dir=tmp_path) as runner:
+        runner.prepare(tuple(batch.shape))
+        out = runner.infer(batch)
+    assert out.shape == reference.shape and out.dtype == torch.float32
+    metrics = compare_features(out, reference)
+    assert metrics.nonfinite == 0
+    assert metrics.pixel_cosine_min >= FLOOR[spec.precision], metrics
+
+
+def test_backend_names() -> None:
+    assert parse_backend("torch-compile-fp16+graph").name == "torch-compile-fp16+graph"
+    spec = parse_backend("tensorrt")
+    assert (spec.kind, spec.precision) == ("tensorrt", "fp16")
+    assert parse_backend("tensorrt-fp32").name == "tensorrt-fp32"
+    for bad in ("pytorch", "torch-fp8", "onnxruntime+graph", "tensorrt-bf16"):
+        with pytest.raises(LsegTrtError, match="unknown backend"):
+            parse_backend(bad)
+
+
+def test_runner_life_cycle(tiny_vit: LSeg) -> None:
+    runner = make_runner(parse_backend("torch"), tiny_vit, "cpu")
+    with pytest.raises(RuntimeError, match="before activate"):
+        runner.infer(torch.zeros(1, 3, 64, 64))
+    with pytest.raises(LsegTrtError, match="CUDA graphs need a CUDA device"):
+        make_runner(parse_backend("torch+graph"), tiny_vit, "cpu")
+
+
+def test_tensorrt_runner_checks_without_gpu(tiny_rn: LSeg, tmp_path: Path) -> None:
+    """Everything of the engine runner that needs no GPU: engine lookup, sidecar profile, shape checks.
+    Executing the engine needs an RTX/Ampere+ GPU; no machine here has one TensorRT-RTX accepts."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed")
+    from lseg_trt.tensorrt.options import Profile
+    from lseg_trt.tensorrt.runner import TensorRTRunner
+
+    profile = Profile((1, 3, 64, 64), (1, 3, 64, 64), (2, 3, 128, 128))
+    runner = make_runner(parse_backend("tensorrt-fp32"), tiny_rn, "cpu", cache_dir=tmp_path, profile=profile)
+    assert isinstance(runner, TensorRTRunner) and runner.input_name == "image"
+    runner.prepare((2, 3, 128, 96))  # inside the profile: fine
+    with pytest.raises(LsegTrtError, match="outside the profile"):
+        runner.prepare((1, 3, 256, 256))
+    with pytest.raises(LsegTrtError, match="needs an NVIDIA GPU"):
+        runner.activate()
+    engine = runner.engine_path
+    engine.with_suffix(".json").write_text(json.dumps({"broken": True}))
+    with pytest.raises(LsegTrtError, match="sidecar"):
+        TensorRTRunner(engine, parse_backend("tensorrt-fp32"), "cuda")
+    with pytest.raises(LsegTrtError, match="engine not found"):
+        TensorRTRunner(tmp_path / "none.engine", parse_backend("tensorrt"), "cuda")
