@@ -11,7 +11,7 @@ from open_clip.model import build_model_from_openai_state_dict
 
 from lseg_trt import LsegTrtError, load_lseg
 from lseg_trt.models import LSeg
-from lseg_trt.models.clip_text import tokenize
+from lseg_trt.models.clip_text import encode_tokens, tokenize
 from lseg_trt.models.synthetic import lang_seg_state_dict
 
 
@@ -24,6 +24,14 @@ def test_tokens_match_open_clip() -> None:
 def test_bad_labels_are_user_errors(labels: list[str]) -> None:
     with pytest.raises(LsegTrtError):
         tokenize(labels)
+
+
+def test_trimmed_encoding_equals_full_context(tiny_rn: LSeg) -> None:
+    ids = tokenize(["dog", "a photo of a big cat on a sofa", "x"])
+    with torch.inference_mode():
+        full = tiny_rn.text_encoder(ids)
+        trimmed = encode_tokens(tiny_rn.text_encoder, ids)
+    torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
 
 
 def test_text_features_match_open_clip_full_clip(tiny_vit: LSeg, tmp_path: Path) -> None:

@@ -182,6 +182,198 @@ def _weight_sources(ns: argparse.Namespace) -> list[tuple[str, str | None]]:
     return [("random", v) for v in _split(ns.variants)]
 
 
+def _device(name: str) -> str:
+    import torch
+
+    return name if name != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cmd_extract(ns: argparse.Namespace) -> int:
+    import json as _json
+    from pathlib import Path
+
+    from lseg_trt.extract import FeatureKey, extract
+    from lseg_trt.images import list_images
+    from lseg_trt.runners import OnnxRuntimeRunner, make_runner, parse_backend
+    from lseg_trt.sizes import parse_size
+
+    spec = parse_backend(ns.backend)
+    device = _device(ns.device)
+    sizes = [parse_size(s) for s in ns.sizes]
+    images = list_images(ns.images)
+    if ns.onnx or ns.engine:
+        from lseg_trt.export import read_metadata
+
+        if ns.engine:
+            from lseg_trt.tensorrt.runner import TensorRTRunner
+
+            runner = TensorRTRunner(ns.engine, spec, device)
+            meta = _json.loads(Path(ns.engine).with_suffix(".json").read_text()).get("onnx_metadata") or {}
+        else:
+            runner = OnnxRuntimeRunner(ns.onnx, spec, device)
+            meta = read_metadata(ns.onnx)
+        if "mean" not in meta:
+            raise LsegTrtError("the model carries no lseg-trt metadata (variant, mean/std); use --weights instead")
+        variant, weights = meta["variant"], Path(meta["weights"]).stem
+        mean, std = tuple(_json.loads(meta["mean"])), tuple(_json.loads(meta["std"]))
+    else:
+        lseg = load_from_args(ns)
+        runner = make_runner(spec, lseg, device, ns.cache)
+        variant, weights, mean, std = lseg.variant, lseg.weights_name, lseg.mean, lseg.std
+    key = FeatureKey(spec.name, variant, weights, "", "")
+    with runner:
+        written = extract(runner, images, sizes, key, mean, std, Path(ns.out), ns.batch, ns.fp16_storage)
+    print(f"wrote {len(written)} feature maps under {ns.out}/{spec.name}/{variant}/{weights}/")
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lseg_trt.fidelity import compare_tree, write_report
+
+    comparisons = compare_tree(Path(ns.tree), ns.by, ns.reference)
+    paths = write_report(comparisons, Path(ns.out), f"compare_{ns.by}")
+    if ns.by == "backends":
+        _backend_pictures(Path(ns.tree), Path(ns.out), ns.reference)
+    print(paths[0].read_text())
+    for path in paths:
+        print(f"wrote {path}")
+    nonfinite = sum(c.metrics.nonfinite for c in comparisons)
+    failed = [c for c in comparisons if c.passed is False]
+    if nonfinite:
+        print(f"{nonfinite} NaN/Inf values in the compared features", file=sys.stderr)
+    return 1 if failed or nonfinite else 0
+
+
+def _backend_pictures(tree, out, reference: str) -> None:  # noqa: ANN001
+    """PCA pictures side by side and per-pixel cosine heat-maps, for the first image and size per model."""
+    import numpy as np
+
+    from lseg_trt.extract import scan
+    from lseg_trt.figures import save_cosine_heatmap, save_pca_grid
+    from lseg_trt.metrics import pixel_cosine_map
+
+    files = scan(tree)
+    groups: dict = {}
+    for key, path in files.items():
+        groups.setdefault((key.variant, key.weights), {}).setdefault((key.image, key.size), {})[key.backend] = path
+    for (variant, weights), by_input in groups.items():
+        (image, size), backends = next(iter(sorted(by_input.items())))
+        tag = f"{variant}_{weights}_{image}_{size}"
+        maps = {b: np.load(p)[0] for b, p in sorted(backends.items())}
+        save_pca_grid(maps, out / f"pca_{tag}.png", tag)
+        if reference in maps:
+            for b, m in maps.items():
+                if b != reference:
+                    heat = pixel_cosine_map(m[None], maps[reference][None])[0]
+                    save_cosine_heatmap(heat, out / f"cosine_{tag}_{b}.png", f"{b} vs {reference}, {tag}")
+
+
+def cmd_fidelity(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lseg_trt import hwinfo
+    from lseg_trt.fidelity import TOLERANCES, run_fidelity, write_report
+    from lseg_trt.images import samples
+    from lseg_trt.sizes import parse_size
+
+    device = _device(ns.device)
+    on_gpu = device.startswith("cuda")
+    sizes = [parse_size(s) for s in (ns.sizes or (["480", "480x640", "1024"] if on_gpu else ["256", "256x352"]))]
+    backends = _split(ns.backends or (FIDELITY_GPU_BACKENDS if on_gpu else FIDELITY_CPU_BACKENDS))
+    sources = [(w, ns.variant) for w in ns.weights] if ns.weights else [("random", v) for v in _split(ns.variants)]
+    out = Path(ns.out)
+    comparisons, skipped = [], {}
+    for weights, variant in sources:
+        lseg = load_from_args(argparse.Namespace(weights=weights, variant=variant), device="cpu")
+        found, missing = run_fidelity(lseg, backends, samples(), sizes, device, ns.cache, out)
+        comparisons += found
+        skipped.update(missing)
+    if not comparisons:
+        raise LsegTrtError(
+            "no backend besides torch fp32 could run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+        )
+    extra = {"machine": hwinfo.collect(), "tolerances": TOLERANCES, "not_run": skipped}
+    paths = write_report(comparisons, out, "fidelity", extra)
+    print(paths[0].read_text())
+    for backend, reason in skipped.items():
+        print(f"not run: {backend}: {reason}")
+    for path in paths:
+        print(f"wrote {path}")
+    failed = [c for c in comparisons if not c.passed]
+    if failed:
+        print(f"{len(failed)} comparison(s) below tolerance", file=sys.stderr)
+    return 1 if failed else 0
+
+
+FIDELITY_CPU_BACKENDS = "torch-bf16,onnxruntime,onnxruntime-fp16"
+FIDELITY_GPU_BACKENDS = "torch-fp16,torch-bf16,torch-compile,torch-compile-fp16,onnxruntime,tensorrt,tensorrt-fp32"
+
+
+def cmd_segment(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lseg_trt.figures import save_segmentation
+    from lseg_trt.images import load_image
+    from lseg_trt.segment import parse_labels, segment_labels
+
+    labels = parse_labels(ns.labels)
+    image = load_image(ns.image)
+    lseg, features, size = _features_for_demo(ns, image)
+    seg = segment_labels(features, lseg, labels, (image.height, image.width))
+    out = Path(ns.out)
+    title = f"{lseg.variant} / {lseg.weights_name}, {ns.backend}, input {size[0]}x{size[1]}"
+    if not lseg.semantic:
+        title += " (RANDOM WEIGHTS: no semantics)"
+    save_segmentation(image, seg, out, title)
+    seg.save(out.with_suffix(".labels.npy"))
+    for name, share in seg.shares():
+        print(f"{name:>20s}  {100 * share:5.1f} %")
+    print(f"wrote {out} and {out.with_suffix('.labels.npy')}")
+    return 0
+
+
+def cmd_wordfree(ns: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from lseg_trt.figures import save_segmentation
+    from lseg_trt.images import load_image
+    from lseg_trt.segment import segment_wordfree, vocabulary, vocabulary_embeddings
+
+    image = load_image(ns.image)
+    lseg, features, size = _features_for_demo(ns, image)
+    words = vocabulary(lseg)
+    with tqdm(total=len(words), desc="vocabulary", unit="word") as bar:
+        vocab = vocabulary_embeddings(lseg, Path(ns.cache) / "vocab", progress=bar.update)
+    seg = segment_wordfree(features, vocab, words)
+    out = Path(ns.out)
+    title = f"word-free: {lseg.variant} / {lseg.weights_name}, input {size[0]}x{size[1]}"
+    if not lseg.semantic:
+        title += " (RANDOM WEIGHTS: no semantics)"
+    save_segmentation(image, seg, out, title, legend=ns.legend)
+    seg.save(out.with_suffix(".labels.npy"))
+    for name, share in seg.shares()[: ns.legend]:
+        print(f"{name!r:>20s}  {100 * share:5.1f} %")
+    print(f"{len(seg.names)} distinct tokens; wrote {out}")
+    return 0
+
+
+def _features_for_demo(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202
+    from lseg_trt.images import default_size, preprocess
+    from lseg_trt.runners import make_runner, parse_backend
+    from lseg_trt.sizes import parse_size
+
+    lseg = load_from_args(ns)
+    size = parse_size(ns.size) if ns.size else default_size(image)
+    x = preprocess(image, size, lseg.mean, lseg.std)
+    with make_runner(parse_backend(ns.backend), lseg, _device(ns.device), ns.cache) as runner:
+        features = runner.infer(x.to(runner.device)).float().cpu().clone()
+    return lseg, features, size
+
+
 Command = tuple[str, Callable[[argparse.Namespace], int], Callable[[argparse.ArgumentParser], None]]
 
 
@@ -237,7 +429,72 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="outputs/bench", help="result folder [%(default)s]")
 
 
+def _device_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [%(default)s]")
+    p.add_argument("--cache", default="models", help="ONNX / engine / vocabulary cache folder [%(default)s]")
+
+
+def _extract_args(p: argparse.ArgumentParser) -> None:
+    add_weights_args(p)
+    p.add_argument("--backend", default="torch", help="runner name, e.g. torch, onnxruntime, tensorrt [%(default)s]")
+    p.add_argument("--onnx", help="run this ONNX model (with --backend onnxruntime[-fp16])")
+    p.add_argument("--engine", help="run this TensorRT engine (with --backend tensorrt[-fp32])")
+    p.add_argument("--images", nargs="+", required=True, help="image files or folders")
+    p.add_argument("--sizes", nargs="+", default=["480"], help="N or HxW [%(default)s]")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--fp16-storage", action="store_true", help="store float16 .npy (default float32)")
+    p.add_argument("--out", default="outputs/feature_maps", help="tree root [%(default)s]")
+    _device_args(p)
+
+
+def _compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tree", default="outputs/feature_maps", help="root written by extract [%(default)s]")
+    p.add_argument("--by", choices=("backends", "checkpoints", "sizes"), default="backends")
+    p.add_argument("--reference", default="torch", help="reference backend for --by backends [%(default)s]")
+    p.add_argument("--out", default="outputs/compare", help="report folder [%(default)s]")
+
+
+def _fidelity_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("weights", "default: random weights for each of --variants")
+    g.add_argument("--weights", action="append", help="checkpoint (repeatable)")
+    g.add_argument("--variant", default=None)
+    g.add_argument("--variants", default="vit_l16,rn101_zs")
+    p.add_argument("--backends", action="append", help="comma list compared with torch fp32")
+    p.add_argument("--sizes", nargs="+", help="default 256 256x352 on CPU, 480 480x640 1024 on GPU")
+    p.add_argument("--out", default="outputs/fidelity", help="report folder [%(default)s]")
+    _device_args(p)
+
+
+def _demo_args(p: argparse.ArgumentParser) -> None:
+    add_weights_args(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--backend", default="torch", help="runner for the image features [%(default)s]")
+    p.add_argument("--size", help="network input N or HxW (default: the image's size rounded to 32)")
+    _device_args(p)
+
+
+def _segment_args(p: argparse.ArgumentParser) -> None:
+    _demo_args(p)
+    p.add_argument("--labels", default="dog, grass, other", help="comma-separated [%(default)s]")
+    p.add_argument("--out", default="outputs/segment.png")
+
+
+def _wordfree_args(p: argparse.ArgumentParser) -> None:
+    _demo_args(p)
+    p.add_argument("--legend", type=int, default=20, help="words in the legend [%(default)s]")
+    p.add_argument("--out", default="outputs/wordfree.png")
+
+
 COMMANDS: dict[str, Command] = {
+    "extract": ("features to .npy trees", cmd_extract, _extract_args),
+    "compare": ("compare feature trees in float64: Markdown, CSV, PNG", cmd_compare, _compare_args),
+    "fidelity": (
+        "every backend vs torch fp32 on sample photos; non-zero exit on failure",
+        cmd_fidelity,
+        _fidelity_args,
+    ),
+    "segment": ("label segmentation picture", cmd_segment, _segment_args),
+    "wordfree": ("per-pixel best token of the whole CLIP vocabulary", cmd_wordfree, _wordfree_args),
     "bench": ("latency of every backend over sizes: Markdown, CSV, JSON, PNG", cmd_bench, _bench_args),
     "export": ("checkpoint -> ONNX (dynamic batch/H/W), verified with ONNX Runtime", cmd_export, _export_args),
     "build": ("ONNX -> TensorRT engine + JSON sidecar (reused only when it matches)", cmd_build, _build_args),

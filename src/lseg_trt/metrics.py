@@ -53,11 +53,10 @@ def compare_features(candidate: ArrayLike, reference: ArrayLike) -> FeatureMetri
     if nonfinite:
         a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
     pixel = pixel_cosine_map(a, b)
-    flat_norm = np.linalg.norm(a) * np.linalg.norm(b)
     diff = a - b
     ref_norm = np.linalg.norm(b)
     return FeatureMetrics(
-        cosine=float(np.clip((a * b).sum() / flat_norm, -1.0, 1.0)) if flat_norm > 0 else 0.0,
+        cosine=float(_cosine(a.ravel()[None], b.ravel()[None], axis=1)[0]),
         pixel_cosine_min=float(pixel.min()),
         pixel_cosine_mean=float(pixel.mean()),
         pixel_cosine_p1=float(np.percentile(pixel, 1)),
@@ -68,9 +67,15 @@ def compare_features(candidate: ArrayLike, reference: ArrayLike) -> FeatureMetri
     )
 
 
+def _cosine(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+    """dot / sqrt(|a|²·|b|²): for a == b the division is exact (sqrt(fl(x·x)) == x in IEEE
+    arithmetic), so identical maps give exactly 1 and opposite ones exactly -1; 0 where a norm is 0."""
+    dot = (a * b).sum(axis=axis)
+    denominator = np.sqrt((a * a).sum(axis=axis) * (b * b).sum(axis=axis))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.clip(np.where(denominator > 0, dot / denominator, 0.0), -1.0, 1.0)
+
+
 def pixel_cosine_map(candidate: ArrayLike, reference: ArrayLike) -> np.ndarray:
     """(B, H, W) per-pixel cosine in float64, for heat-maps."""
-    a, b = _f64(candidate), _f64(reference)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.clip(np.where(norms > 0, (a * b).sum(axis=1) / norms, 0.0), -1.0, 1.0)
+    return _cosine(_f64(candidate), _f64(reference), axis=1)

@@ -13,7 +13,7 @@ from torch import nn
 
 from lseg_trt import images
 from lseg_trt.models.checkpoint import file_sha256, read_checkpoint
-from lseg_trt.models.clip_text import build_text_tower, tokenize
+from lseg_trt.models.clip_text import build_text_tower, encode_tokens, tokenize
 from lseg_trt.models.config import LSegConfig, get_config
 from lseg_trt.models.encoder import LSegImageEncoder
 from lseg_trt.models.loading import LoadReport, detect_variant, load_weights
@@ -83,7 +83,7 @@ class LSeg:
         lang-seg runs CLIP in fp16 on the GPU; this runs the tower in the encoder's float32.
         """
         tokens = tokenize(labels, self.config.text.context_length).to(self.device)
-        features = self.text_encoder(tokens).float()
+        features = encode_tokens(self.text_encoder, tokens).float()
         return features / features.norm(dim=-1, keepdim=True)
 
 

@@ -175,9 +175,12 @@ def engine_from_onnx(onnx_path: str | Path, options: BuildOptions, out_dir: str 
     with atomic_path(engine) as tmp:
         tmp.write_bytes(plan)
     seconds = time.perf_counter() - started
+    from lseg_trt.export import read_metadata
+
     record = {
         "request": request,
         "input": input_name,
+        "onnx_metadata": read_metadata(source),  # variant, weights, mean/std: what `extract --engine` needs
         "options": options.to_dict(),
         "build_seconds": round(seconds, 2),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
