@@ -184,6 +184,9 @@ def run_fidelity(
 
     specs = [parse_backend(b) for b in backends]
     reference_spec = parse_backend("torch")
+    # A float32 reference means float32: PyTorch lets cuDNN use TF32 for convolutions by default.
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
     inputs = {
         (name, size): preprocess(path, size, lseg.mean, lseg.std) for name, path in images.items() for size in sizes
     }
