@@ -7,9 +7,11 @@ per-precision tolerances. Metrics are float64 (`lseg_trt.metrics`).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from itertools import combinations
 from pathlib import Path
@@ -162,6 +164,17 @@ def write_report(
     return paths
 
 
+@contextlib.contextmanager
+def _strict_fp32() -> Iterator[None]:
+    """A float32 reference means float32: PyTorch lets cuDNN use TF32 for convolutions by default."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 def run_fidelity(
     lseg: Any,
     backends: list[str],
@@ -184,15 +197,12 @@ def run_fidelity(
 
     specs = [parse_backend(b) for b in backends]
     reference_spec = parse_backend("torch")
-    # A float32 reference means float32: PyTorch lets cuDNN use TF32 for convolutions by default.
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     inputs = {
         (name, size): preprocess(path, size, lseg.mean, lseg.std) for name, path in images.items() for size in sizes
     }
     outputs: dict[str, dict[tuple[str, tuple[int, int]], np.ndarray]] = {}
     skipped: dict[str, str] = {}
-    with tqdm(total=len(inputs) * (len(specs) + 1), desc=f"fidelity {lseg.variant}", unit="map") as bar:
+    with _strict_fp32(), tqdm(total=len(inputs) * (len(specs) + 1), desc=f"fidelity {lseg.variant}", unit="map") as bar:
         for spec in [reference_spec, *[s for s in specs if s.name != "torch"]]:
             try:
                 runner = make_runner(spec, lseg, device, cache_dir).activate()
