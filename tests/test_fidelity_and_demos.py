@@ -131,3 +131,24 @@ def test_segment_and_wordfree_commands(tmp_path: Path) -> None:
     assert "distinct tokens" in first.stdout and list((tmp_path / "cache" / "vocab").glob("vocab_tiny_rn_*.npy"))
     second = cli(*args)
     assert second.returncode == 0 and "from cache" in second.stderr
+
+
+def test_segment_with_a_checkpoint(tiny_vit_ckpt: Path, tmp_path: Path) -> None:
+    result = cli("segment", "--weights", str(tiny_vit_ckpt), "--image", str(samples()["chelsea"]), "--labels",
+                 "cat, other", "--size", "64", "--out", str(tmp_path / "seg.png"))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "RANDOM" not in result.stdout and (tmp_path / "seg.png").is_file()
+
+
+@pytest.mark.real_size
+def test_real_size_segmentation_at_small_size() -> None:
+    from lseg_trt.models import random_lseg
+    from lseg_trt.runners import make_runner, parse_backend
+
+    lseg = random_lseg("rn101_zs")
+    x = lseg.preprocess(samples()["coffee"], (64, 96))
+    with make_runner(parse_backend("torch"), lseg, "cpu") as runner:
+        features = runner.infer(x)
+    assert features.shape == (1, 512, 32, 48)
+    seg = segment_labels(features, lseg, ["cup", "table", "other"], (400, 600))
+    assert seg.label_map.shape == (400, 600) and abs(sum(s for _, s in seg.shares()) - 1) < 1e-9
