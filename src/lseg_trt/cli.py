@@ -230,12 +230,12 @@ def cmd_extract(ns: argparse.Namespace) -> int:
 def cmd_compare(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lseg_trt.fidelity import compare_tree, write_report
+    from lseg_trt.fidelity import compare_tree, tree_pictures, write_report
 
     comparisons = compare_tree(Path(ns.tree), ns.by, ns.reference)
     paths = write_report(comparisons, Path(ns.out), f"compare_{ns.by}")
     if ns.by == "backends":
-        _backend_pictures(Path(ns.tree), Path(ns.out), ns.reference)
+        tree_pictures(Path(ns.tree), Path(ns.out), ns.reference)
     print(paths[0].read_text())
     for path in paths:
         print(f"wrote {path}")
@@ -244,30 +244,6 @@ def cmd_compare(ns: argparse.Namespace) -> int:
     if nonfinite:
         print(f"{nonfinite} NaN/Inf values in the compared features", file=sys.stderr)
     return 1 if failed or nonfinite else 0
-
-
-def _backend_pictures(tree, out, reference: str) -> None:  # noqa: ANN001
-    """PCA pictures side by side and per-pixel cosine heat-maps, for the first image and size per model."""
-    import numpy as np
-
-    from lseg_trt.extract import scan
-    from lseg_trt.figures import save_cosine_heatmap, save_pca_grid
-    from lseg_trt.metrics import pixel_cosine_map
-
-    files = scan(tree)
-    groups: dict = {}
-    for key, path in files.items():
-        groups.setdefault((key.variant, key.weights), {}).setdefault((key.image, key.size), {})[key.backend] = path
-    for (variant, weights), by_input in groups.items():
-        (image, size), backends = next(iter(sorted(by_input.items())))
-        tag = f"{variant}_{weights}_{image}_{size}"
-        maps = {b: np.load(p)[0] for b, p in sorted(backends.items())}
-        save_pca_grid(maps, out / f"pca_{tag}.png", tag)
-        if reference in maps:
-            for b, m in maps.items():
-                if b != reference:
-                    heat = pixel_cosine_map(m[None], maps[reference][None])[0]
-                    save_cosine_heatmap(heat, out / f"cosine_{tag}_{b}.png", f"{b} vs {reference}, {tag}")
 
 
 def cmd_fidelity(ns: argparse.Namespace) -> int:

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extract import FeatureKey, scan
+from lseg_trt.figures import save_backend_pictures
 from lseg_trt.files import atomic_path
-from lseg_trt.metrics import FeatureMetrics, compare_features, pixel_cosine_map
+from lseg_trt.metrics import FeatureMetrics, compare_features
 
 log = logging.getLogger(__name__)
 
@@ -190,7 +191,6 @@ def run_fidelity(
     """
     from tqdm import tqdm
 
-    from lseg_trt.figures import save_cosine_heatmap, save_pca_grid
     from lseg_trt.images import preprocess
     from lseg_trt.runners import make_runner, parse_backend
     from lseg_trt.sizes import format_size
@@ -228,9 +228,16 @@ def run_fidelity(
             comparisons.append(judge(c, precision_of(backend)))
     first = next(iter(inputs))
     tag = f"{lseg.variant}_{first[0]}_{format_size(first[1])}"
-    save_pca_grid({b: r[first][0] for b, r in outputs.items()}, out_dir / f"pca_{tag}.png", f"{lseg.variant} {tag}")
-    for backend, results in outputs.items():
-        if backend != "torch":
-            heat = pixel_cosine_map(results[first], reference[first])[0]
-            save_cosine_heatmap(heat, out_dir / f"cosine_{tag}_{backend}.png", f"{backend} vs torch fp32, {tag}")
+    save_backend_pictures({b: r[first][0] for b, r in outputs.items()}, "torch", out_dir, tag)
     return comparisons, skipped
+
+
+def tree_pictures(tree: Path, out_dir: Path, reference: str) -> None:
+    """Backend pictures for the first image and size of every model in a feature tree."""
+    groups: dict[tuple[str, str], dict[tuple[str, str], dict[str, Path]]] = {}
+    for key, path in scan(tree).items():
+        groups.setdefault((key.variant, key.weights), {}).setdefault((key.image, key.size), {})[key.backend] = path
+    for (variant, weights), by_input in groups.items():
+        (image, size), backends = min(by_input.items())
+        maps = {b: np.load(p)[0] for b, p in sorted(backends.items())}
+        save_backend_pictures(maps, reference, out_dir, f"{variant}_{weights}_{image}_{size}")

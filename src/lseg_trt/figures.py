@@ -89,3 +89,17 @@ def save_cosine_heatmap(cosine: np.ndarray, path: Path, title: str) -> None:
     ax.set_title(f"{title}\nmin {cosine.min():.6f}, mean {cosine.mean():.6f}", fontsize=9)
     ax.axis("off")
     _save(fig, path)
+
+
+def save_backend_pictures(maps: dict[str, np.ndarray], reference: str, out_dir: Path, tag: str) -> None:
+    """For one input: the PCA pictures of every backend side by side, and a cosine heat-map of each
+    backend against `reference` (maps are (C, H, W))."""
+    from lseg_trt.metrics import pixel_cosine_map
+
+    save_pca_grid(maps, out_dir / f"pca_{tag}.png", tag)
+    if reference not in maps:
+        return
+    for backend, features in maps.items():
+        if backend != reference:
+            heat = pixel_cosine_map(features[None], maps[reference][None])[0]
+            save_cosine_heatmap(heat, out_dir / f"cosine_{tag}_{backend}.png", f"{backend} vs {reference}, {tag}")
