@@ -45,7 +45,9 @@ def _onnx():  # noqa: ANN202 - lazy optional import
     try:
         import onnx
     except ImportError:
-        raise MissingDependencyError("ONNX export needs onnx: pip install 'lseg-trt[onnx]'") from None
+        raise MissingDependencyError(
+            "reading or writing ONNX models needs onnx: pip install 'lseg-trt[onnx]'"
+        ) from None
     return onnx
 
 
@@ -70,11 +72,34 @@ def metadata(lseg: LSeg, precision: str) -> dict[str, str]:
     }
 
 
-def read_metadata(path: str | Path) -> dict[str, str]:
-    """The metadata_props of an ONNX file, without loading external weight files."""
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What the builder and the caches need to know of an ONNX file, read in one pass."""
+
+    metadata: dict[str, str]
+    opset: int
+    precision: str  # from our metadata; for foreign models, fp16 if any initializer is fp16
+
+
+def inspect_onnx(path: str | Path) -> OnnxInfo:
+    """Read an ONNX file once (external weight files are not loaded; inline weights are parsed)."""
     onnx = _onnx()
-    model = onnx.load(str(path), load_external_data=False)
-    return {p.key: p.value for p in model.metadata_props}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and friends for corrupt files
+        raise LsegTrtError(f"cannot read ONNX model {path} (corrupt?): {e}") from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    precision = meta.get("precision")
+    if precision not in PRECISIONS:
+        fp16 = onnx.TensorProto.FLOAT16
+        precision = "fp16" if any(t.data_type == fp16 for t in model.graph.initializer) else "fp32"
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
+    return OnnxInfo(meta, opset, precision)
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file."""
+    return inspect_onnx(path).metadata
 
 
 def onnx_from_lseg(lseg: LSeg, out_dir: str | Path, precision: str = "fp32", opset: int = DEFAULT_OPSET) -> Path:

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from lseg_trt import __version__
-from lseg_trt.errors import LsegTrtError, MissingDependencyError
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.export import OnnxInfo, inspect_onnx
 from lseg_trt.files import atomic_path
 from lseg_trt.models.checkpoint import file_sha256
 from lseg_trt.tensorrt.compat import TensorRT, load
@@ -35,23 +36,6 @@ _OPTIONAL_FLAGS = (
 )
 
 
-def onnx_precision(onnx_path: Path) -> str:
-    """`fp16` if the model stores fp16 weights (ours say so in their metadata), else `fp32`."""
-    try:
-        import onnx
-    except ImportError:
-        raise MissingDependencyError("building needs onnx: pip install 'lseg-trt[onnx]'") from None
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and friends for corrupt files
-        raise LsegTrtError(f"cannot read ONNX model {onnx_path} (corrupt?): {e}") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if props.get("precision") in ("fp32", "fp16"):
-        return props["precision"]
-    fp16 = onnx.TensorProto.FLOAT16
-    return "fp16" if any(t.data_type == fp16 for t in model.graph.initializer) else "fp32"
-
-
 def fp16_sibling(onnx_path: Path) -> Path | None:
     """Where `lseg-trt export --precision fp16` puts the fp16 twin of one of our fp32 models."""
     stem = onnx_path.stem
@@ -66,9 +50,11 @@ def target_device() -> dict[str, Any]:
     return {"gpu": None, "compute_capability": None}
 
 
-def _plan(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path, str, list[tuple[str, Any]]]:
-    """Decide which ONNX to build, the engine's precision and the flags to set; log every skip."""
-    precision = onnx_precision(onnx_path)
+def _plan(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path, OnnxInfo, str, list[tuple[str, Any]]]:
+    """Decide which ONNX to build (and read it once), the engine's precision and the flags to set;
+    log every skip."""
+    info = inspect_onnx(onnx_path)
+    precision = info.precision
     if precision == "fp16" and not options.fp16:
         raise LsegTrtError(f"{onnx_path.name} is an fp16 model; for an fp32 engine build from the fp32 ONNX")
     flags: list[tuple[str, Any]] = []
@@ -79,7 +65,7 @@ def _plan(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path, 
         else:
             sibling = fp16_sibling(onnx_path)
             if sibling is not None and not sibling.is_file():
-                sibling = _export_fp16_twin(onnx_path, sibling)
+                sibling = _export_fp16_twin(onnx_path, info, sibling)
             if sibling is None or not sibling.is_file():
                 raise LsegTrtError(
                     f"{trt.describe()} builds only strongly typed networks: an fp16 engine needs an fp16 ONNX. "
@@ -87,7 +73,7 @@ def _plan(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path, 
                     f"or pass --no-fp16 for an fp32 engine"
                 )
             log.info("%s has no FP16 flag: building from the fp16 model %s", trt.describe(), sibling.name)
-            onnx_path, precision = sibling, "fp16"
+            onnx_path, info, precision = sibling, inspect_onnx(sibling), "fp16"
     for option, flag_name, token in _OPTIONAL_FLAGS:
         if getattr(options, option):
             flag = trt.builder_flag(flag_name)
@@ -102,32 +88,24 @@ def _plan(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path, 
                 )
             else:
                 flags.append((token, flag))
-    return onnx_path, precision, flags
+    return onnx_path, info, precision, flags
 
 
-def _export_fp16_twin(onnx_path: Path, sibling: Path) -> Path | None:
+def _export_fp16_twin(onnx_path: Path, info: OnnxInfo, sibling: Path) -> Path | None:
     """Export the fp16 model when the fp32 one names weights we can load (a checkpoint or `random`)."""
-    from lseg_trt.export import onnx_from_lseg, read_metadata, verify_onnx
+    from lseg_trt.export import onnx_from_lseg, verify_onnx
     from lseg_trt.models import load_lseg
 
-    meta = read_metadata(onnx_path)
-    weights, variant = meta.get("weights"), meta.get("variant")
+    weights, variant = info.metadata.get("weights"), info.metadata.get("variant")
     if not weights or not variant or (weights != "random" and not Path(weights).is_file()):
         return None
     log.info("exporting the fp16 model from %s (%s) for a strongly typed build", weights, variant)
     lseg = load_lseg(weights, variant=variant)
-    exported = onnx_from_lseg(lseg, onnx_path.parent, "fp16", opset=_opset(onnx_path))
+    exported = onnx_from_lseg(lseg, onnx_path.parent, "fp16", opset=info.opset)
     if not all(r.passed for r in verify_onnx(exported, lseg, "fp16")):
         exported.unlink()
         raise LsegTrtError(f"the fp16 export of {weights} failed verification against PyTorch")
     return exported if exported == sibling else None
-
-
-def _opset(onnx_path: Path) -> int:
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _read_sidecar(path: Path) -> dict[str, Any] | None:
@@ -144,7 +122,7 @@ def engine_from_onnx(onnx_path: str | Path, options: BuildOptions, out_dir: str 
     if not onnx_path.is_file():
         raise LsegTrtError(f"ONNX model not found: {onnx_path}")
     trt = load(options.flavour)
-    source, precision, flags = _plan(trt, onnx_path, options)
+    source, info, precision, flags = _plan(trt, onnx_path, options)
     tokens = [token for token, _ in flags if token]
     engine = Path(out_dir) / engine_name(source.stem, precision, tokens, options.workspace)
     sidecar = engine.with_suffix(".json")
@@ -175,12 +153,10 @@ def engine_from_onnx(onnx_path: str | Path, options: BuildOptions, out_dir: str 
     with atomic_path(engine) as tmp:
         tmp.write_bytes(plan)
     seconds = time.perf_counter() - started
-    from lseg_trt.export import read_metadata
-
     record = {
         "request": request,
         "input": input_name,
-        "onnx_metadata": read_metadata(source),  # variant, weights, mean/std: what `extract --engine` needs
+        "onnx_metadata": info.metadata,  # variant, weights, mean/std: what `extract --engine` needs
         "options": options.to_dict(),
         "build_seconds": round(seconds, 2),
         "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
