@@ -118,7 +118,7 @@ def cmd_bench(ns: argparse.Namespace) -> int:
     from lseg_trt.runners import parse_backend
     from lseg_trt.sizes import parse_size
 
-    device = ns.device if ns.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(ns.device)
     on_gpu = device.startswith("cuda")
     defaults = GPU_BENCH_DEFAULTS if on_gpu else CPU_BENCH_DEFAULTS
     sizes = tuple(parse_size(s) for s in (ns.sizes or defaults["sizes"]))
@@ -167,10 +167,11 @@ def _split(values: list[str] | str) -> list[str]:
 
 
 def _weight_sources(ns: argparse.Namespace) -> list[tuple[str, str | None]]:
-    """(weights, variant) pairs: explicit --weights, a seed-style folder, or random for each variant."""
+    """(weights, variant) pairs: a seed-style folder (bench only), explicit --weights, or random for each
+    of --variants."""
     from pathlib import Path
 
-    if ns.weights_dir:
+    if getattr(ns, "weights_dir", None):
         root = Path(ns.weights_dir)
         folders = {"ViT": "vit_l16", "Resnet": "rn101_zs"}
         found = [(str(p), variant) for sub, variant in folders.items() for p in sorted((root / sub).glob("*.ckpt"))]
@@ -252,17 +253,17 @@ def cmd_fidelity(ns: argparse.Namespace) -> int:
     from lseg_trt import hwinfo
     from lseg_trt.fidelity import TOLERANCES, run_fidelity, write_report
     from lseg_trt.images import samples
+    from lseg_trt.models import load_lseg
     from lseg_trt.sizes import parse_size
 
     device = _device(ns.device)
     on_gpu = device.startswith("cuda")
     sizes = [parse_size(s) for s in (ns.sizes or (["480", "480x640", "1024"] if on_gpu else ["256", "256x352"]))]
     backends = _split(ns.backends or (FIDELITY_GPU_BACKENDS if on_gpu else FIDELITY_CPU_BACKENDS))
-    sources = [(w, ns.variant) for w in ns.weights] if ns.weights else [("random", v) for v in _split(ns.variants)]
     out = Path(ns.out)
     comparisons, skipped = [], {}
-    for weights, variant in sources:
-        lseg = load_from_args(argparse.Namespace(weights=weights, variant=variant), device="cpu")
+    for weights, variant in _weight_sources(ns):
+        lseg = load_lseg(weights, variant=variant)
         found, missing = run_fidelity(lseg, backends, samples(), sizes, device, ns.cache, out)
         comparisons += found
         skipped.update(missing)
