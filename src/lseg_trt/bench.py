@@ -12,6 +12,7 @@ device->host copy of the output to every iteration. Autograd is off (inference m
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -136,8 +137,6 @@ def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: Benc
             end.record()
         torch.cuda.synchronize(device)
         return [start.elapsed_time(end) for start, end in events]
-    import time
-
     times = []
     for i in range(settings.iterations):
         started = time.perf_counter()
