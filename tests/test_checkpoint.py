@@ -115,3 +115,90 @@ def test_missing_and_misshapen_keys_are_named(tiny_vit: LSeg, tmp_path: Path) ->
     message = str(info.value)
     for key in ("scratch.head1.bias", "scratch.layer1_rn.weight", "scratch.extra.weight"):
         assert key in message
+
+
+def test_special_files_are_refused_before_reading(tiny_rn_ckpt: Path, tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.ckpt")  # reading it would block forever
+    (tmp_path / "empty.ckpt").write_bytes(b"")
+    data = tiny_rn_ckpt.read_bytes()
+    (tmp_path / "cut_zip.ckpt").write_bytes(data[:-200])  # zip directory gone
+    (tmp_path / "random.ckpt").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    cases = {
+        Path("/dev/zero"): "not a regular file",  # a char device: reading it once took 24 GB
+        tmp_path / "fifo.ckpt": "not a regular file",
+        tmp_path / "empty.ckpt": "empty",
+        tmp_path / "cut_zip.ckpt": "cannot (read|load)",
+        tmp_path / "random.ckpt": "cannot (read|load)",
+    }
+    for path, message in cases.items():
+        with pytest.raises(LsegTrtError, match=message) as info:
+            load_lseg(path)
+        assert "\n" not in str(info.value)
+
+
+def _swap(lseg: LSeg, key: str, tensor: torch.Tensor, path: Path) -> Path:
+    sd = lang_seg_state_dict(lseg)
+    assert key in sd
+    sd[key] = tensor
+    torch.save({"state_dict": sd}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("int64", "torch.int64, expected floating point"),
+        ("complex", "torch.complex64, expected floating point"),
+        ("bool", "torch.bool, expected floating point"),
+        ("sparse", "sparse"),
+        ("meta", "meta device"),
+        ("float_counter", "torch.float32, expected torch.int64"),
+    ],
+)
+def test_tensors_of_the_wrong_type_are_named(kind: str, message: str, tiny_rn: LSeg, tmp_path: Path) -> None:
+    key = "net.scratch.head1.weight"
+    like = lang_seg_state_dict(tiny_rn)[key]
+    tensor = {
+        "int64": lambda: like.long(),
+        "complex": lambda: like.to(torch.complex64),
+        "bool": lambda: like.bool(),
+        "sparse": lambda: like.to_sparse(),
+        "meta": lambda: like.to("meta"),
+        "float_counter": lambda: None,
+    }[kind]()
+    if tensor is None:  # BatchNorm's counter is int64 for real: a float one is just as wrong
+        key = next(k for k in lang_seg_state_dict(tiny_rn) if k.endswith("num_batches_tracked"))
+        tensor = torch.tensor(3.0)
+    path = _swap(tiny_rn, key, tensor, tmp_path / f"{kind}.ckpt")
+    with pytest.raises(LsegTrtError, match="wrong type") as info:
+        load_lseg(path)
+    assert key.removeprefix("net.") in str(info.value) and message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # quantized tensors are deprecated in torch, not yet gone
+def test_quantized_tensor_is_refused(tiny_rn: LSeg, tmp_path: Path) -> None:
+    key = "net.scratch.head1.bias"
+    quantized = torch.quantize_per_tensor(lang_seg_state_dict(tiny_rn)[key], 0.1, 0, torch.quint8)
+    with pytest.raises(LsegTrtError, match="scratch.head1.bias quantized torch.quint8"):
+        load_lseg(_swap(tiny_rn, key, quantized, tmp_path / "q.ckpt"))
+
+
+def test_int64_batchnorm_counters_still_load(tiny_rn: LSeg, tiny_rn_ckpt: Path) -> None:
+    counters = [k for k, v in read_checkpoint(tiny_rn_ckpt).items() if v.dtype == torch.int64]
+    assert counters and all(k.endswith("num_batches_tracked") for k in counters)
+    assert load_lseg(tiny_rn_ckpt).report.non_finite == []
+
+
+def test_non_finite_weights_load_but_are_reported(
+    tiny_vit: LSeg, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sd = lang_seg_state_dict(tiny_vit)
+    sd["net.scratch.head1.weight"][0, 0] = float("nan")
+    sd["net.clip_pretrained.text_projection"][0, 0] = float("inf")  # fp16 in the file
+    sd["net.clip_pretrained.visual.proj"][0, 0] = float("nan")  # ignored tensor: never used, not counted
+    torch.save(sd, tmp_path / "nan.pt")
+    with caplog.at_level("WARNING", logger="lseg_trt.models.loading"):
+        loaded = load_lseg(tmp_path / "nan.pt")
+    assert loaded.report.non_finite == ["scratch.head1.weight", "clip_pretrained.text_projection"]
+    assert "2 weight tensors hold NaN or Inf" in caplog.text and "scratch.head1.weight" in caplog.text

@@ -1,7 +1,11 @@
-"""Pre-processing: sample photos, resize, [0, 1] scaling and per-variant normalisation."""
+"""Decoding (modes, EXIF, hostile files) and pre-processing: resize, [0, 1] scaling, per-variant normalisation."""
 
 from __future__ import annotations
 
+import os
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +14,7 @@ import torch
 from PIL import Image
 
 from lseg_trt import LsegTrtError
-from lseg_trt.images import list_images, load_image, preprocess, samples
+from lseg_trt.images import list_images, load_image, load_rgb_array, preprocess, samples
 from lseg_trt.models import LSeg
 
 
@@ -49,3 +53,132 @@ def test_bad_images(tmp_path: Path, tiny_vit: LSeg) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(LsegTrtError, match="no images"):
         list_images([tmp_path / "empty"])
+
+
+def _png_header_claiming(width: int, height: int) -> bytes:
+    """A 100-byte PNG whose header declares a huge 8-bit RGB image."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+    values = np.array([[0, 257 * 100, 65535, 128, 129]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "gray16.png")
+    assert Image.open(tmp_path / "gray16.png").mode.startswith("I")
+    rgb = load_rgb_array(tmp_path / "gray16.png")
+    assert rgb.shape == (1, 5, 3) and rgb.dtype == np.uint8
+    np.testing.assert_array_equal(rgb[0, :, 0], [0, 100, 255, 0, 1])
+    assert (rgb == rgb[..., :1]).all()
+    int32 = Image.fromarray(np.array([[-5, 65535, 70000]], dtype=np.int32))
+    assert int32.mode == "I"
+    np.testing.assert_array_equal(load_rgb_array(int32)[0, :, 1], [0, 255, 255])
+
+
+def test_float_tiff_is_scaled(tmp_path: Path) -> None:
+    unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "unit.tif")[0, :, 2], [0, 128, 255])
+    wide = np.array([[-100.0, 150.0, 900.0, np.nan]], dtype=np.float32)
+    Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "wide.tif")[0, :, 0], [0, 64, 255, 0])
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    stored = np.zeros((20, 40, 3), dtype=np.uint8)
+    stored[:10] = (255, 0, 0)  # top half red
+    stored[10:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers rotate 90 degrees clockwise: the stored top becomes the right side
+    Image.fromarray(stored).save(tmp_path / "rotated.jpg", exif=exif, quality=95)
+    rgb = load_rgb_array(tmp_path / "rotated.jpg")
+    assert rgb.shape == (40, 20, 3)
+    assert rgb[:, -3:, 0].min() > 200 and rgb[:, -3:, 2].max() < 60  # right: red
+    assert rgb[:, :3, 2].min() > 200 and rgb[:, :3, 0].max() < 60  # left: blue
+    assert load_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [("RGBA", (10, 20, 30)), ("LA", (10, 10, 10)), ("1", (255, 255, 255)), ("CMYK", (245, 235, 225))],
+)
+def test_other_modes_become_rgb(mode: str, expected: tuple[int, int, int], tmp_path: Path) -> None:
+    colour = {"RGBA": (10, 20, 30, 0), "LA": (10, 0), "1": 1, "CMYK": (10, 20, 30, 0)}[mode]
+    path = tmp_path / ("x.tif" if mode == "CMYK" else "x.png")
+    Image.new(mode, (3, 2), colour).save(path)
+    rgb = load_rgb_array(path)
+    assert rgb.shape == (2, 3, 3) and tuple(rgb[1, 2]) == expected  # alpha dropped, not composited
+
+
+def test_palette_with_transparency(tmp_path: Path) -> None:
+    image = Image.new("P", (2, 2), 1)
+    image.putpalette([0, 0, 0, 200, 100, 50] + [0] * 762)
+    image.save(tmp_path / "p.png", transparency=1)
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "p.png"), np.full((2, 2, 3), (200, 100, 50)))
+
+
+def test_arrays_in_and_out() -> None:
+    gray = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    expected = np.repeat(gray[..., None], 3, axis=2)
+    for source in (gray, gray[..., None], np.dstack([expected, np.zeros_like(gray)]), gray.astype(np.uint16) * 257):
+        out = load_rgb_array(source)
+        np.testing.assert_array_equal(out, expected)
+        assert out.dtype == np.uint8 and out.flags.c_contiguous and out.flags.writeable
+        assert not np.shares_memory(out, source)
+    np.testing.assert_array_equal(load_rgb_array(np.full((2, 2, 3), 0.5, np.float32)), np.full((2, 2, 3), 128))
+    transposed = np.ascontiguousarray(expected.transpose(1, 0, 2)).transpose(1, 0, 2)
+    assert load_rgb_array(transposed).flags.c_contiguous
+    bad = {
+        "finite values in": np.full((2, 2, 3), 1.5),
+        "not int32": np.zeros((2, 2, 3), np.int32),
+        "not bool": np.zeros((2, 2), bool),
+        "not shape": np.zeros((2, 2, 2), np.uint8),
+        "empty": np.zeros((0, 4, 3), np.uint8),
+    }
+    for message, array in bad.items():
+        with pytest.raises(LsegTrtError, match=message):
+            load_rgb_array(array)
+    with pytest.raises(LsegTrtError, match="finite"):
+        load_rgb_array(np.array([[np.nan]], np.float32))
+    assert np.asarray(load_image(gray)).tolist() == expected.tolist()
+
+
+def test_hostile_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "photo.jpg")
+    data = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "bomb.png").write_bytes(_png_header_claiming(100_000, 100_000))
+    (tmp_path / "text.png").write_text("hello\n")
+    (tmp_path / "empty.png").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo.png")
+    (tmp_path / "folder.png").mkdir()
+    cases = {
+        "truncated.jpg": "cannot read image .*truncated",
+        "bomb.png": "decompression bomb",
+        "text.png": "cannot read image",
+        "empty.png": "empty",
+        "fifo.png": "not a regular file",
+        "folder.png": "directory",
+    }
+    for name, message in cases.items():
+        with pytest.raises(LsegTrtError, match=message) as info:
+            load_rgb_array(tmp_path / name)
+        assert "\n" not in str(info.value)
+    with pytest.raises(LsegTrtError, match="not a regular file"):
+        load_image("/dev/zero")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is then over twice the limit
+    with pytest.raises(LsegTrtError, match="decompression bomb"):
+        load_image(tmp_path / "photo.jpg")
+
+
+def test_decode_from_threads_matches_serial() -> None:
+    paths = list(samples().values()) * 3
+    serial = [load_rgb_array(p) for p in paths]
+    with ThreadPoolExecutor(4) as pool:
+        threaded = list(pool.map(load_rgb_array, paths))
+    for a, b in zip(serial, threaded, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(np.asarray(load_image(paths[0])), serial[0])

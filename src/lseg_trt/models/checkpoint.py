@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.names import regular_file
 
 LIGHTNING_MODULES = ("pytorch_lightning.", "lightning.", "lightning_fabric.")
 
@@ -68,14 +69,11 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 
     Accepts a Lightning checkpoint (`{"state_dict": {"net.…": tensor}}`), a bare state dict with or
     without the `net.` prefix, and `{"state_dict": …}` / `{"model": …}` wrappers. Raises
-    LsegTrtError for anything a user can get wrong: missing path, directory, corrupt or truncated
-    file, unsafe content, no tensors.
+    LsegTrtError for anything a user can get wrong: missing or unreadable path, anything but a
+    regular file (a device or FIFO would never end), empty, corrupt or truncated file, unsafe content,
+    no tensors.
     """
-    path = Path(path)
-    if not path.exists():
-        raise LsegTrtError(f"checkpoint not found: {path}")
-    if path.is_dir():
-        raise LsegTrtError(f"checkpoint path is a directory, not a file: {path}")
+    path = regular_file(path, "checkpoint")
     stand_ins = _stand_ins(path)
     try:
         with torch.serialization.safe_globals(stand_ins):

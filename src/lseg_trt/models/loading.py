@@ -1,13 +1,16 @@
 """Which checkpoint tensor goes where: variant detection, strict loading, and the documented ignores.
 
 Every tensor of a lang-seg checkpoint is either loaded into the image encoder or the text tower, or
-ignored for one of the reasons in IGNORED. Anything missing, unexpected or of the wrong shape is a
+ignored for one of the reasons in IGNORED. Anything missing, unexpected, of the wrong shape or of
+the wrong type (integer, complex, sparse, quantized or data-less where our module holds floats) is a
 user error that names the keys: lang-seg's own loaders used `strict=False` and silently dropped
-mismatches.
+mismatches. NaN or Inf in the weights is not refused (the user may still want to run), but it is
+counted in the LoadReport and logged, so it cannot pass unseen.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from functools import cache
@@ -29,6 +32,8 @@ IGNORED: dict[str, str] = {
 }
 SIGNATURE_KEYS = {"vit": "pretrained.model.pos_embed", "resnet": "pretrained.layer1.0.weight"}
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class LoadReport:
@@ -37,6 +42,7 @@ class LoadReport:
     image_tensors: int = 0
     text_tensors: int = 0
     ignored: dict[str, int] = field(default_factory=dict)  # reason -> tensor count
+    non_finite: list[str] = field(default_factory=list)  # keys of loaded tensors holding NaN or Inf
 
 
 @dataclass
@@ -66,28 +72,63 @@ def ignore_reason(key: str) -> str | None:
 
 
 @cache
-def expected_shapes(variant: str) -> dict[str, tuple[int, ...]]:
-    """Key -> shape of every tensor our modules take from a checkpoint of `variant` (built on meta: instant)."""
+def expected_tensors(variant: str) -> dict[str, torch.Tensor]:
+    """Key -> meta tensor (shape and dtype) of every tensor our modules take from a checkpoint of `variant`.
+
+    Built on the meta device, so instant; the dtypes tell floats from BatchNorm's int64
+    `num_batches_tracked`.
+    """
     cfg = VARIANTS[variant]
     with torch.device("meta"):
         image = LSegImageEncoder(cfg)
         text = build_text_tower(cfg.text)
-    shapes = {k: tuple(v.shape) for k, v in image.state_dict().items()}
-    shapes.update({TEXT_PREFIX + k: tuple(v.shape) for k, v in text.state_dict().items()})
-    return shapes
+    expected = dict(image.state_dict())
+    expected.update({TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
+    return expected
 
 
 def key_mismatch(state_dict: dict[str, torch.Tensor], variant: str) -> KeyMismatch:
-    expected = expected_shapes(variant)
+    expected = expected_tensors(variant)
     return KeyMismatch(
         missing=sorted(k for k in expected if k not in state_dict),
         unexpected=sorted(k for k in state_dict if k not in expected and ignore_reason(k) is None),
         wrong_shape=sorted(
-            f"{k} {tuple(v.shape)} != {expected[k]}"
+            f"{k} {tuple(v.shape)} != {tuple(expected[k].shape)}"
             for k, v in state_dict.items()
-            if k in expected and tuple(v.shape) != expected[k]
+            if k in expected and v.shape != expected[k].shape
         ),
     )
+
+
+def _wrong_type(tensor: torch.Tensor, expected: torch.Tensor) -> str | None:
+    """Why `tensor` cannot be loaded where our module holds `expected`, or None when it can."""
+    if tensor.layout != torch.strided:
+        return f"{tensor.layout} (sparse)"
+    if tensor.is_meta:
+        return "on the meta device (no data)"
+    if tensor.is_quantized:
+        return f"quantized {tensor.dtype}"
+    if expected.is_floating_point():
+        return None if tensor.is_floating_point() else f"{tensor.dtype}, expected floating point"
+    return None if tensor.dtype == expected.dtype else f"{tensor.dtype}, expected {expected.dtype}"
+
+
+def check_types(state_dict: dict[str, torch.Tensor], variant: str, limit: int = 5) -> None:
+    """Raise a user error naming the tensors whose layout, device or dtype our modules cannot take."""
+    expected = expected_tensors(variant)
+    wrong = [
+        f"{key} {why}"
+        for key, tensor in state_dict.items()
+        if key in expected and (why := _wrong_type(tensor, expected[key])) is not None
+    ]
+    if wrong:
+        more = f" (+{len(wrong) - limit} more)" if len(wrong) > limit else ""
+        raise LsegTrtError(f"{len(wrong)} checkpoint tensors of the wrong type: {'; '.join(wrong[:limit])}{more}")
+
+
+def non_finite_keys(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Keys of the floating-point tensors that hold a NaN or an Inf."""
+    return [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 def detect_variant(state_dict: dict[str, torch.Tensor]) -> str:
@@ -126,9 +167,10 @@ def load_weights(
     """Build both towers directly from the checkpoint tensors (no random init), cast to float32.
 
     The CLIP tensors are partly fp16 in real files (OpenAI's `clip.load` on CUDA converts them);
-    all are loaded as float32.
+    all are loaded as float32. Tensors holding NaN or Inf are loaded, listed in the report and logged.
     """
     check_variant(state_dict, cfg.name)
+    check_types(state_dict, cfg.name)
     with torch.device("meta"):
         image = LSegImageEncoder(cfg)
         text = build_text_tower(cfg.text)
@@ -147,5 +189,13 @@ def load_weights(
     text.load_state_dict(text_sd, strict=True, assign=True)
     # The causal mask is a non-persistent buffer (in no checkpoint): compute it for real.
     text.attn_mask = text.build_causal_mask()
-    report = LoadReport(image_tensors=len(image_sd), text_tensors=len(text_sd), ignored=dict(ignored))
+    non_finite = non_finite_keys(image_sd) + [TEXT_PREFIX + k for k in non_finite_keys(text_sd)]
+    if non_finite:
+        log.warning(
+            "%d weight tensors hold NaN or Inf, so outputs will too: %s%s",
+            len(non_finite),
+            ", ".join(non_finite[:5]),
+            " ..." if len(non_finite) > 5 else "",
+        )
+    report = LoadReport(len(image_sd), len(text_sd), dict(ignored), non_finite)
     return image, text, report
