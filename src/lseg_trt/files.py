@@ -1,19 +1,33 @@
-"""Atomic file output: an interrupted export, build or save never leaves a half-written artefact."""
+"""Atomic file output: an interrupted export, build or save never leaves a half-written artefact.
+
+Temporary files are `.<name>.<pid>.tmp` and export folders `.export-<pid>-<random>`: hidden, never
+matched by a glob for the real artefact, and named after the process that owns them, so a later run
+can tell leftovers of a killed process (SIGKILL skips every `finally`) from work in progress.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
+import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+EXPORT_PREFIX = ".export-"
+STALE_AFTER_S = 24 * 3600  # a temporary whose owner we cannot identify is removed only after this long
+_TEMP = re.compile(r"^\..+\.(?P<pid>\d+)\.tmp$|^\.export-(?:(?P<export_pid>\d+)-)?.+$")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    The temporary name starts with a dot and ends in `.tmp`, so no glob for the real artefact matches
-    it, and it is removed on any failure (KeyboardInterrupt included).
+    The temporary is removed on any failure (KeyboardInterrupt included).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,3 +37,48 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def export_dir_prefix() -> str:
+    """Prefix for `tempfile.TemporaryDirectory` that records the owning process."""
+    return f"{EXPORT_PREFIX}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove temporaries left in `folder` by killed exports and builds; returns what was removed.
+
+    A temporary is stale when its process is gone, or (pid reused, or a name without a pid) when it
+    is older than `max_age_s`. Temporaries of live processes, this one included, are kept.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    now = time.time()
+    for entry in folder.iterdir():
+        match = _TEMP.match(entry.name)
+        if match is None:
+            continue
+        pid = match.group("pid") or match.group("export_pid")
+        try:
+            age = now - entry.lstat().st_mtime
+        except FileNotFoundError:  # removed by its owner meanwhile
+            continue
+        if (pid is not None and not _alive(int(pid))) or age > max_age_s:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            log.info("removed %s, left by an interrupted export or build", entry)
+            removed.append(entry)
+    return removed

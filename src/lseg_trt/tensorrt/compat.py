@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from dataclasses import dataclass
 from functools import cache
 from types import ModuleType
@@ -42,11 +43,6 @@ class TensorRT:
         return hasattr(self.module.BuilderFlag, "FP16")
 
     @property
-    def strongly_typed_only(self) -> bool:
-        """TensorRT 11 and TensorRT-RTX: precision must be in the ONNX model itself."""
-        return not self.has_fp16_flag
-
-    @property
     def has_timing_cache(self) -> bool:
         """TensorRT-RTX (>= 1.2) keeps the timing-cache API but makes every operation a no-op."""
         return self.flavour != "tensorrt-rtx"
@@ -63,6 +59,27 @@ class TensorRT:
 
     def describe(self) -> str:
         return f"{self.flavour} {self.version}"
+
+    def logger(self, min_severity: str = "WARNING"):  # noqa: ANN201 - a trt.ILogger
+        """A logger that prints TensorRT's messages to stderr (never stdout, which carries results) and
+        keeps them in `.messages`, so a failure can be explained by what TensorRT said."""
+        return _stderr_logger_class(self.module)(self.flavour, int(getattr(self.module.ILogger.Severity, min_severity)))
+
+
+@cache
+def _stderr_logger_class(module: ModuleType) -> type:
+    class StderrLogger(module.ILogger):  # type: ignore[name-defined,misc]
+        def __init__(self, flavour: str, min_severity: int) -> None:
+            module.ILogger.__init__(self)
+            self.flavour, self.min_severity = flavour, min_severity
+            self.messages: list[str] = []
+
+        def log(self, severity, msg: str) -> None:  # noqa: ANN001 - a trt.ILogger.Severity
+            if int(severity) <= self.min_severity:
+                self.messages.append(msg)
+                print(f"[{self.flavour}] {severity.name}: {msg}", file=sys.stderr, flush=True)
+
+    return StderrLogger
 
 
 @cache

@@ -1,4 +1,11 @@
-"""Builder options, checked before anything is built, and the engine name that shows them."""
+"""Builder options, checked before anything is built, and the engine name that shows them.
+
+Engine names: `<onnx-stem>__<precision>[_<flag>...]_ws<MiB>MiB_<profile>.engine`, e.g.
+`lseg_vit_l16_random_fp32__fp32_sparse_ws2048MiB_b1_h256-480-1024_w256-480-1024.engine`.
+Flags appear only when really applied (`tf32` when TF32 kernels are allowed; absent means strict fp32).
+The profile token gives min-opt-max of batch, height and width; an axis whose three values are equal
+shows one number. Two profiles therefore never share a file.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,10 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.sizes import SIZE_MULTIPLE
 
 Shape = tuple[int, int, int, int]
-DEFAULT_WORKSPACE = 1 << 29  # 512 MiB, the seed converter's default
+# 2 GiB: TensorRT-RTX needs ~970 MB of scratch for the fp32 ViT-L/16 at the default profile, and fp16
+# over 90 % of the seed's 512 MiB. It is a limit, not an allocation.
+DEFAULT_WORKSPACE = 1 << 31
+MAX_WORKSPACE = 1 << 38  # 256 GiB: more than any GPU's memory; larger values are typos
 
 
 def parse_shape(text: str) -> Shape:
@@ -56,10 +66,14 @@ class Profile:
 
 @dataclass(frozen=True)
 class BuildOptions:
-    """What the user asked of the builder (the seed's defaults: fp16 and sparse on, 512 MiB)."""
+    """What the user asked of the builder (the seed's defaults: fp16 and sparse on).
+
+    `tf32` is off by default, so an fp32 engine computes in fp32; TensorRT turns TF32 on unless told.
+    """
 
     fp16: bool = True
     sparse: bool = True
+    tf32: bool = False
     workspace: int = DEFAULT_WORKSPACE
     profile: Profile = field(default_factory=Profile)
     timing_cache: Path | None = None
@@ -72,6 +86,10 @@ class BuildOptions:
         self.profile.validate()
         if self.workspace < 1 << 20:
             raise LsegTrtError(f"--workspace {self.workspace} bytes is below 1 MiB")
+        if self.workspace > MAX_WORKSPACE:
+            raise LsegTrtError(
+                f"--workspace {self.workspace} bytes is above {MAX_WORKSPACE >> 30} GiB, more than any GPU has"
+            )
         if self.timing_cache is not None and self.disable_timing_cache:
             raise LsegTrtError("--timing-cache and --disable-timing-cache exclude each other")
 
@@ -81,10 +99,17 @@ class BuildOptions:
         return d
 
 
-def engine_name(onnx_stem: str, precision: str, applied_flags: list[str], workspace: int) -> str:
-    """`<onnx-stem>__<precision>_<flags>_ws<MiB>MiB.engine`, flags in the seed's order.
+def profile_token(profile: Profile) -> str:
+    """`b1_h256-480-1024_w256-480-1024`: min-opt-max per axis, one number where all three agree."""
 
-    Only flags that were really applied appear: a flag the flavour lacks is logged and left out.
-    """
-    parts = [precision, *applied_flags, f"ws{workspace >> 20}MiB"]
+    def axis(i: int) -> str:
+        values = (profile.min[i], profile.opt[i], profile.max[i])
+        return str(values[0]) if len(set(values)) == 1 else "-".join(map(str, values))
+
+    return f"b{axis(0)}_h{axis(2)}_w{axis(3)}"
+
+
+def engine_name(onnx_stem: str, precision: str, applied_flags: list[str], workspace: int, profile: Profile) -> str:
+    """`<onnx-stem>__<precision>_<flags>_ws<MiB>MiB_<profile>.engine` (see the module docstring)."""
+    parts = [precision, *applied_flags, f"ws{workspace >> 20}MiB", profile_token(profile)]
     return f"{onnx_stem}__{'_'.join(parts)}.engine"
