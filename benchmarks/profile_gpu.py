@@ -15,7 +15,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from lseg_trt.models import load_lseg
-from lseg_trt.runners import TorchRunner, parse_backend
+from lseg_trt.backends import parse_backend
+from lseg_trt.backends.torch import TorchRunner
 
 CLASSES = (
     ("attention", ("flash", "fmha", "attention", "attn")),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -36,3 +38,24 @@ def tiny_vit_ckpt(tiny_vit: LSeg, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def tiny_rn_ckpt(tiny_rn: LSeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_lightning_checkpoint(tiny_rn, tmp_path_factory.mktemp("ckpt") / "tiny_rn.ckpt")
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
+    """Run `lseg-trt ARGS` in this process (as the console script does) and capture what it prints."""
+    from lseg_trt.cli import main
+
+    def run(*args: str) -> CliResult:
+        capsys.readouterr()
+        code = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return CliResult(code, out, err)
+
+    return run

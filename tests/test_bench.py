@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from lseg_trt import hwinfo
+from lseg_trt.backends import parse_backend
 from lseg_trt.bench import BenchSettings, bench, forward_flops
 from lseg_trt.bench_report import write_results
 from lseg_trt.models import LSeg
-from lseg_trt.runners import parse_backend
 
 
 @pytest.fixture(scope="module")
@@ -45,25 +43,22 @@ def test_flop_count_scales_with_pixels() -> None:
 
 def test_result_files(rows: list, tmp_path: Path) -> None:
     paths = write_results(rows, tmp_path, hwinfo.collect(), "lseg-trt bench --test", {"iterations": 3})
-    assert [p.suffix for p in paths] == [".json", ".csv", ".md", ".png"]
-    record = json.loads(paths[0].read_text())
+    assert [p.suffix for p in paths] == [".md", ".csv", ".json", ".png"]
+    record = json.loads(paths.report.json.read_text())
     assert record["command"] == "lseg-trt bench --test" and record["machine"]["cpu_cores"] >= 1
     assert len(record["rows"]) == len(rows) and record["summary"]
-    with open(paths[1]) as f:
+    with open(paths.report.csv) as f:
         table = list(csv.DictReader(f))
     assert len(table) == len(rows) and {"backend", "median_ms", "p99_ms", "status"} <= set(table[0])
-    md = paths[2].read_text()
+    md = paths.report.markdown.read_text()
     assert "| Size | torch ms | onnxruntime ms | torch-fp16+graph ms |" in md
     assert "| 64x96 |" in md and "n/a" in md and "## Machine" in md
-    assert paths[3].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert paths.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_cli_bench_reports_bad_input(tmp_path: Path) -> None:
-    def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "lseg_trt.cli", "bench", "--out", str(tmp_path), *args],
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+def test_cli_bench_reports_bad_input(cli, tmp_path: Path) -> None:  # noqa: ANN001 - the conftest fixture
+    def run(*args: str):  # noqa: ANN202
+        return cli("bench", "--out", tmp_path, *args)
 
     result = run("--variants", "tiny_rn", "--backends", "torch,warp-drive")
     assert result.returncode == 2 and "unknown backend" in result.stderr

@@ -1,4 +1,4 @@
-"""The command line as a user runs it: subprocesses, exit codes, one-line errors."""
+"""The command line as a user runs it: exit codes, one-line errors, nothing written where it should not be."""
 
 from __future__ import annotations
 
@@ -10,15 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from lseg_trt.cli import COMMANDS
+from lseg_trt.cli import commands
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lseg_trt.cli", *args], capture_output=True, text=True, timeout=600)
-
-
-def test_info_on_checkpoint_reports_keys(tiny_rn_ckpt: Path) -> None:
-    result = run_cli("info", "--weights", str(tiny_rn_ckpt), "--json")
+def test_info_on_checkpoint_reports_keys(cli, tiny_rn_ckpt: Path) -> None:  # noqa: ANN001 - conftest fixture
+    result = cli("info", "--weights", tiny_rn_ckpt, "--json")
     assert result.returncode == 0, result.stderr
     details = json.loads(result.stdout)
     assert details["variant"] == "tiny_rn"
@@ -26,11 +22,19 @@ def test_info_on_checkpoint_reports_keys(tiny_rn_ckpt: Path) -> None:
     assert any("CLIP image tower" in reason for reason in details["checkpoint"]["ignored"])
 
 
-def test_hwinfo_markdown_and_json() -> None:
-    result = run_cli("hwinfo")
+def test_hwinfo_markdown_and_json(cli) -> None:  # noqa: ANN001
+    result = cli("hwinfo")
     assert result.returncode == 0 and "| torch |" in result.stdout
-    info = json.loads(run_cli("hwinfo", "--json").stdout)
+    info = json.loads(cli("hwinfo", "--json").stdout)
     assert info["cpu_cores"] >= 1 and info["packages"]["torch"]
+
+
+def _no_traceback_one_line(result, message: str) -> None:  # noqa: ANN001
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1, result.stderr
 
 
 @pytest.mark.parametrize(
@@ -42,43 +46,91 @@ def test_hwinfo_markdown_and_json() -> None:
         (["build", "--onnx", "/no/such.onnx"], "not found"),
         (["build", "--onnx", "x.onnx", "--min-shape", "1x3x512x512"], "exceeds"),
         (["build", "--onnx", "x.onnx", "--max-shape", "1x3x1000x1000"], "multiples of 32"),
+        (["bench", "--batch", "0"], "at least 1"),
+        (["bench", "--batch", "-1"], "at least 1"),
+        (["bench", "--iterations", "-1"], "at least 1"),
+        (["bench", "--warmup", "x"], "not an integer"),
+        (["bench", "--backends", ""], "no backend"),
+        (["bench", "--backends", " , "], "no backend"),
+        (["bench", "--variants", ","], "names no variant"),
+        (["bench", "--device", "tpu"], "unknown device"),
+        (["bench", "--device", "cuda:99"], "cuda"),
+        (["extract", "--images", "x.png", "--batch", "0"], "at least 1"),
+        (["extract", "--images", "x.png", "--weights", "random", "--onnx", "m.onnx"], "not allowed with"),
+        (["segment", "--image", "x.png", "--labels", "dog\ncat, grass"], "line breaks"),
+        (["wordfree", "--image", "x.png", "--legend", "0"], "at least 1"),
+        (["bench", "--no-such-option"], "unrecognized arguments"),
+        (["no-such-command"], "invalid choice"),
     ],
 )
-def test_user_errors_exit_2_without_traceback(args: list[str], message: str) -> None:
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+def test_user_errors_exit_2_without_traceback(cli, args: list[str], message: str) -> None:  # noqa: ANN001
+    _no_traceback_one_line(cli(*args), message)
 
 
-def test_export_then_build(tmp_path: Path) -> None:
+def test_cuda_device_without_gpu(cli) -> None:  # noqa: ANN001
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the no-GPU message cannot appear")
+    _no_traceback_one_line(cli("bench", "--device", "cuda"), "no CUDA GPU")
+
+
+def test_unwritable_out_is_refused_before_measuring(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me")
+    _no_traceback_one_line(cli("bench", "--variants", "tiny_rn", "--out", a_file), "not a folder")
+    _no_traceback_one_line(cli("bench", "--variants", "tiny_rn", "--out", a_file / "sub"), "cannot write")
+    assert a_file.read_text() == "keep me"
+    folder = tmp_path / "folder.png"
+    folder.mkdir()
+    _no_traceback_one_line(
+        cli("segment", "--variant", "tiny_vit", "--image", "x.png", "--out", folder), "is a folder"
+    )
+
+
+def test_export_then_build(cli, tmp_path: Path) -> None:  # noqa: ANN001
     onnx_dir, engine_dir = tmp_path / "onnx", tmp_path / "engines"
-    result = run_cli("export", "--weights", "random", "--variant", "tiny_rn", "--out", str(onnx_dir))
+    result = cli("export", "--weights", "random", "--variant", "tiny_rn", "--out", onnx_dir)
     assert result.returncode == 0, result.stderr
     assert "| 256x384 |" in result.stdout and "FAIL" not in result.stdout
     onnx_file = onnx_dir / "lseg_tiny_rn_random_fp32.onnx"
     assert result.stdout.strip().endswith(str(onnx_file))
     shape = ["--min-shape", "1x3x64x64", "--opt-shape", "1x3x128x128", "--max-shape", "1x3x256x256"]
-    result = run_cli("build", "--onnx", str(onnx_file), "--no-fp16", "--out", str(engine_dir), *shape)
+    result = cli("build", "--onnx", onnx_file, "--no-fp16", "--out", engine_dir, *shape)
     if "not installed" in result.stderr:
         pytest.skip("no TensorRT flavour installed")
     assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()).name == "lseg_tiny_rn_random_fp32__fp32_sparse_ws512MiB.engine"
+    name = Path(result.stdout.strip().splitlines()[-1]).name
+    assert name.startswith("lseg_tiny_rn_random_fp32__fp32_sparse_") and name.endswith(".engine")
 
 
 def test_help_works_without_optional_packages(tmp_path: Path) -> None:
-    """`--help` of every sub-command must not import onnxruntime, onnx or tensorrt."""
-    blocker = tmp_path / "sitecustomize.py"
-    blocker.write_text(
+    """`--help` of every sub-command must not import onnxruntime, onnx, tensorrt or matplotlib (one subprocess:
+    the blocked imports must not leak into this test process)."""
+    script = (
         "import sys\n"
-        "for name in ('onnxruntime', 'onnx', 'tensorrt', 'tensorrt_rtx_bindings', 'matplotlib'):\n"
+        "for name in ('onnxruntime', 'onnx', 'tensorrt', 'tensorrt_rtx_bindings', 'matplotlib', 'ray'):\n"
         "    sys.modules[name] = None\n"
+        "from lseg_trt.cli import commands, main\n"
+        "for command in ['', *commands()]:\n"
+        "    try:\n"
+        "        main([command, '--help'] if command else ['--help'])\n"
+        "    except SystemExit as e:\n"
+        "        assert e.code == 0, (command, e.code)\n"
+        "    else:\n"
+        "        raise AssertionError(command)\n"
+        "print('ALL HELP OK')\n"
     )
-    env = {"PYTHONPATH": str(tmp_path)}
-    for command in ["", *COMMANDS]:
-        args = [command, "--help"] if command else ["--help"]
-        result = subprocess.run(
-            [sys.executable, "-m", "lseg_trt.cli", *args],
-            capture_output=True, text=True, timeout=300, env={**os.environ, **env},
-        )  # fmt: skip
-        assert result.returncode == 0, (command, result.stderr)
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env={**os.environ}, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ALL HELP OK" in result.stdout and len(commands()) >= 10
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    """One real subprocess through `python -m lseg_trt.cli`, as a user's shell runs it."""
+    result = subprocess.run(
+        [sys.executable, "-m", "lseg_trt.cli", "bench", "--batch", "0"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2 and "at least 1" in result.stderr and "Traceback" not in result.stderr

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,16 +10,10 @@ import pytest
 import torch
 
 from lseg_trt import LsegTrtError
-from lseg_trt.fidelity import compare_tree
+from lseg_trt.compare import compare_tree
 from lseg_trt.images import samples
 from lseg_trt.models import LSeg
 from lseg_trt.segment import logits, palette, parse_labels, segment_labels, segment_wordfree
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "lseg_trt.cli", *args], capture_output=True, text=True, timeout=600, cwd=cwd
-    )
 
 
 def test_palette_matches_lang_seg() -> None:
@@ -56,13 +48,15 @@ def test_wordfree_picks_the_best_token() -> None:
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from lseg_trt.cli import main
+
     root = tmp_path_factory.mktemp("features")
     images = [str(p) for p in samples().values()]
     for backend in ("torch", "onnxruntime", "torch-bf16"):
-        result = cli("extract", "--weights", "random", "--variant", "tiny_rn", "--backend", backend, "--images",
+        code = main(["extract", "--weights", "random", "--variant", "tiny_rn", "--backend", backend, "--images",
                      *images, "--sizes", "64", "64x96", "--batch", "2", "--out", str(root / "ft"),
-                     "--cache", str(root / "cache"))  # fmt: skip
-        assert result.returncode == 0, result.stderr
+                     "--format", "npy", "--dtype", "fp32", "--cache", str(root / "cache")])  # fmt: skip
+        assert code == 0
     return root / "ft"
 
 
@@ -74,7 +68,7 @@ def test_extract_layout(tree: Path) -> None:
     assert f.shape == (1, 32, 32, 48) and f.dtype == np.float32
 
 
-def test_compare_backends_and_sizes(tree: Path, tmp_path: Path) -> None:
+def test_compare_backends_and_sizes(cli, tree: Path, tmp_path: Path) -> None:
     result = cli("compare", "--tree", str(tree), "--by", "backends", "--out", str(tmp_path))
     assert result.returncode == 0, result.stderr
     assert "| onnxruntime |" in result.stdout and "pass" in result.stdout
@@ -84,7 +78,7 @@ def test_compare_backends_and_sizes(tree: Path, tmp_path: Path) -> None:
     assert all(c.size == "64x96 -> 64x64" for c in sizes) and len(sizes) == 3 * 3
 
 
-def test_compare_fails_on_nonfinite_and_bad_trees(tree: Path, tmp_path: Path) -> None:
+def test_compare_fails_on_nonfinite_and_bad_trees(cli, tree: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     for src in (tree / "torch/tiny_rn/random/coffee").glob("*.npy"):
         dst = broken / "torch/tiny_rn/random/coffee" / src.name
@@ -101,7 +95,7 @@ def test_compare_fails_on_nonfinite_and_bad_trees(tree: Path, tmp_path: Path) ->
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_fidelity_command(tmp_path: Path) -> None:
+def test_fidelity_command(cli, tmp_path: Path) -> None:
     backends = "onnxruntime,torch-bf16,tensorrt"
     result = cli("fidelity", "--variants", "tiny_vit", "--sizes", "64", "64x96", "--backends", backends,
                  "--out", str(tmp_path / "rep"), "--cache", str(tmp_path / "c"))  # fmt: skip
@@ -112,7 +106,7 @@ def test_fidelity_command(tmp_path: Path) -> None:
     assert list((tmp_path / "rep").glob("pca_*.png")) and list((tmp_path / "rep").glob("cosine_*.png"))
 
 
-def test_segment_and_wordfree_commands(tmp_path: Path) -> None:
+def test_segment_and_wordfree_commands(cli, tmp_path: Path) -> None:
     image = str(samples()["coffee"])
     result = cli("segment", "--weights", "random", "--variant", "tiny_vit", "--image", image, "--labels",
                  "cup, table, other", "--size", "96x128", "--out", str(tmp_path / "seg.png"))  # fmt: skip
@@ -133,7 +127,7 @@ def test_segment_and_wordfree_commands(tmp_path: Path) -> None:
     assert second.returncode == 0 and "from cache" in second.stderr
 
 
-def test_segment_with_a_checkpoint(tiny_vit_ckpt: Path, tmp_path: Path) -> None:
+def test_segment_with_a_checkpoint(cli, tiny_vit_ckpt: Path, tmp_path: Path) -> None:
     result = cli("segment", "--weights", str(tiny_vit_ckpt), "--image", str(samples()["chelsea"]), "--labels",
                  "cat, other", "--size", "64", "--out", str(tmp_path / "seg.png"))  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -142,8 +136,8 @@ def test_segment_with_a_checkpoint(tiny_vit_ckpt: Path, tmp_path: Path) -> None:
 
 @pytest.mark.real_size
 def test_real_size_segmentation_at_small_size() -> None:
+    from lseg_trt.backends import make_runner, parse_backend
     from lseg_trt.models import random_lseg
-    from lseg_trt.runners import make_runner, parse_backend
 
     lseg = random_lseg("rn101_zs")
     x = lseg.preprocess(samples()["coffee"], (64, 96))

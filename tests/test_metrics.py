@@ -36,3 +36,15 @@ def test_known_angle_and_nonfinite() -> None:
     assert m.pixel_cosine_min == 0.0 and m.pixel_cosine_mean == 0.5
     a[0, 0, 0, 0] = np.nan
     assert compare_features(a, b).nonfinite == 1
+    assert compare_features(b, a).nonfinite == 1  # a NaN in the reference counts as much as one in the candidate
+
+
+def test_tolerances_fail_on_nonfinite_either_side() -> None:
+    from lseg_trt.tolerances import TOLERANCES
+
+    x = torch.randn(1, 8, 4, 4)
+    bad = x.clone()
+    bad[0, 0, 0, 0] = float("inf")
+    for precision, tolerance in TOLERANCES.items():
+        assert tolerance.passes(compare_features(x, x)), precision
+        assert not tolerance.passes(compare_features(x, bad)) and not tolerance.passes(compare_features(bad, x))

@@ -21,17 +21,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from lseg_trt.errors import LsegTrtError
+from lseg_trt.backends import BackendSpec, Runner, make_runner
+from lseg_trt.backends.base import is_oom
+from lseg_trt.errors import LsegTrtError, MissingDependencyError
 from lseg_trt.models import LSeg
 from lseg_trt.models.config import VARIANTS
 from lseg_trt.models.encoder import LSegImageEncoder
-from lseg_trt.runners import BackendSpec, Runner, make_runner
 from lseg_trt.sizes import format_size
 from lseg_trt.tensorrt.options import Profile
 
 log = logging.getLogger(__name__)
 
 INPUT_POOL = 4
+DEFAULTS = {  # per device kind: what a plain `lseg-trt bench` measures
+    "cpu": {"sizes": ((256, 256), (320, 320)), "backends": "torch,onnxruntime", "iterations": 5, "warmup": 1},
+    "cuda": {
+        "sizes": tuple((s, s) for s in (256, 320, 384, 480, 640, 768, 1024)),
+        "backends": "torch,torch-fp16,torch-fp16+graph,torch-compile-fp16,torch-compile-fp16+graph,tensorrt",
+        "iterations": 50,
+        "warmup": 10,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,11 @@ def _statistics(times_ms: list[float]) -> dict[str, float]:
     }
 
 
+def defaults_for(device: str) -> dict[str, Any]:
+    """The sizes, backends, iterations and warm-up a plain `bench` uses on this kind of device."""
+    return DEFAULTS["cuda" if str(device).startswith("cuda") else "cpu"]
+
+
 def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: BenchSettings) -> list[float]:
     """Per-iteration latency in ms (warm-up excluded), as described in the module docstring."""
     device = runner.device
@@ -145,17 +160,32 @@ def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: Benc
     return times
 
 
-def _is_oom(error: BaseException) -> bool:
-    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
-
-
 def bench(
     models: Iterable[LSeg],
     specs: Iterable[BackendSpec],
     settings: BenchSettings,
     on_step: Callable[[str], None] | None = None,
 ) -> list[BenchRow]:
-    """Measure every backend on every model at every size; failures become rows, the run goes on."""
+    """Measure every backend on every model at every size; a backend that cannot run here or runs out of
+    memory becomes a row and the run goes on; anything else is a bug and propagates.
+
+    On a GPU, cuDNN picks its fastest convolution per shape (`cudnn.benchmark`) for the run, as any
+    latency-minded deployment would; the previous setting is restored afterwards.
+    """
+    saved = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = settings.device.startswith("cuda")
+    try:
+        return _bench(models, specs, settings, on_step)
+    finally:
+        torch.backends.cudnn.benchmark = saved
+
+
+def _bench(
+    models: Iterable[LSeg],
+    specs: Iterable[BackendSpec],
+    settings: BenchSettings,
+    on_step: Callable[[str], None] | None,
+) -> list[BenchRow]:
     rows: list[BenchRow] = []
     profile = _profile_for(settings)
     for lseg in models:
@@ -169,7 +199,7 @@ def bench(
             runner: Runner | None = None
             try:
                 runner = make_runner(spec, lseg, settings.device, settings.cache_dir, profile).activate()
-            except (LsegTrtError, ImportError, RuntimeError) as e:
+            except (LsegTrtError, MissingDependencyError) as e:
                 log.warning("%s unavailable: %s", spec.name, e)
                 rows += [BenchRow(**base, height=h, width=w, status=f"unavailable: {e}") for h, w in settings.sizes]
                 if on_step:
@@ -198,12 +228,11 @@ def _measure(
             torch.cuda.empty_cache()
         times = time_runner(runner, shape, settings)
     except (RuntimeError, LsegTrtError) as e:
+        if not (is_oom(e) or isinstance(e, LsegTrtError)):
+            raise
         if cuda:
             torch.cuda.empty_cache()
-        if _is_oom(e):
-            row.status = "oom"
-        else:
-            row.status = f"error: {str(e).splitlines()[0][:200]}"
+        row.status = "oom" if is_oom(e) else f"error: {str(e).splitlines()[0][:200]}"
         log.warning("%s %s: %s", runner.name, row.size, row.status)
         return row
     for key, value in _statistics(times).items():

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import csv
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lseg_trt.bench import BenchRow, rows_to_dicts, summarize
-from lseg_trt.files import atomic_path
 from lseg_trt.hwinfo import to_markdown
+from lseg_trt.reports import ReportPaths, write_report
 
 
 def _cell(row: BenchRow | None) -> str:
@@ -64,11 +63,9 @@ def markdown(rows: list[BenchRow], hw: dict[str, Any], command: str, ceiling: di
 
 def plot(rows: list[BenchRow], path: Path) -> None:
     """Median latency vs pixels per backend, log-log, one panel per model."""
-    import matplotlib
+    from lseg_trt.figures import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = list(dict.fromkeys((r.variant, r.weights) for r in rows))
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
@@ -91,34 +88,32 @@ def plot(rows: list[BenchRow], path: Path) -> None:
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_figure(fig, path)
+
+
+@dataclass(frozen=True)
+class BenchPaths:
+    report: ReportPaths
+    plot: Path
+
+    def __iter__(self):  # noqa: ANN204 - every file, for printing
+        return iter((*self.report, self.plot))
 
 
 def write_results(
     rows: list[BenchRow], out_dir: str | Path, hw: dict[str, Any], command: str, settings: dict[str, Any],
     ceiling: dict[str, float] | None = None, stem: str = "bench",
-) -> list[Path]:  # fmt: skip
-    """Write `<stem>.json`, `.csv`, `.md` and `.png` into `out_dir`; returns the paths."""
+) -> BenchPaths:  # fmt: skip
+    """Write `<stem>.md`, `.csv`, `.json` and `.png` into `out_dir`."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = [out_dir / f"{stem}.{ext}" for ext in ("json", "csv", "md", "png")]
     record = {
         "command": command,
         "settings": settings,
         "machine": hw,
         "matmul_ceiling_bf16": ceiling,
         "summary": summarize(rows, ceiling["tflops"] if ceiling else None),
-        "rows": rows_to_dicts(rows),
     }
-    with atomic_path(paths[0]) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    with atomic_path(paths[1]) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows_to_dicts(rows[:1])[0]) if rows else ["variant"])
-        writer.writeheader()
-        writer.writerows(rows_to_dicts(rows))
-    with atomic_path(paths[2]) as tmp:
-        tmp.write_text(markdown(rows, hw, command, ceiling))
-    plot(rows, paths[3])
-    return paths
+    report = write_report(out_dir, stem, markdown(rows, hw, command, ceiling), rows_to_dicts(rows), record)
+    plot_path = out_dir / f"{stem}.png"
+    plot(rows, plot_path)
+    return BenchPaths(report, plot_path)

@@ -11,7 +11,7 @@ from lseg_trt.files import atomic_path
 from lseg_trt.segment import Segmentation, palette
 
 
-def _pyplot():  # noqa: ANN202 - lazy: matplotlib is an optional extra
+def pyplot():  # noqa: ANN201 - lazy: matplotlib is an optional extra
     try:
         import matplotlib
     except ImportError:
@@ -24,17 +24,18 @@ def _pyplot():  # noqa: ANN202 - lazy: matplotlib is an optional extra
     return plt
 
 
-def _save(fig, path: Path) -> None:  # noqa: ANN001
+def save_figure(fig, path: Path) -> None:  # noqa: ANN001 - a matplotlib Figure
+    """Written atomically as PNG, then closed (pictures are files, never windows)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def save_segmentation(image: Image.Image, seg: Segmentation, path: Path, title: str, legend: int = 20) -> None:
     """Input and a 50 % overlay side by side, with a legend of the `legend` largest labels."""
     from matplotlib.patches import Patch
 
-    plt = _pyplot()
+    plt = pyplot()
     colours = palette(max(len(seg.names), 1))
     mask = Image.fromarray(colours[seg.label_map]).resize(image.size, Image.Resampling.NEAREST)
     overlay = Image.blend(image.convert("RGB"), mask, 0.5)
@@ -51,7 +52,7 @@ def save_segmentation(image: Image.Image, seg: Segmentation, path: Path, title: 
         for name, share in seg.shares()[:legend]
     ]
     axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def pca_rgb(features: np.ndarray) -> np.ndarray:
@@ -70,25 +71,25 @@ def pca_rgb(features: np.ndarray) -> np.ndarray:
 
 def save_pca_grid(maps: dict[str, np.ndarray], path: Path, title: str) -> None:
     """Feature maps (label -> (C, H, W)) as PCA pictures side by side, one shared basis per picture."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(maps), figsize=(4 * len(maps), 4.2), squeeze=False)
     for ax, (label, features) in zip(axes[0], maps.items(), strict=True):
         ax.imshow(pca_rgb(features))
         ax.set_title(label, fontsize=9)
         ax.axis("off")
     fig.suptitle(title)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_cosine_heatmap(cosine: np.ndarray, path: Path, title: str) -> None:
     """(H, W) per-pixel cosine between two backends."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     image = ax.imshow(cosine, cmap="viridis", vmin=min(float(cosine.min()), 0.999), vmax=1.0)
     fig.colorbar(image, ax=ax, label="per-pixel cosine")
     ax.set_title(f"{title}\nmin {cosine.min():.6f}, mean {cosine.mean():.6f}", fontsize=9)
     ax.axis("off")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def save_backend_pictures(maps: dict[str, np.ndarray], reference: str, out_dir: Path, tag: str) -> None:

@@ -34,14 +34,15 @@ class FeatureMetrics:
     rel_l2: float  # ||a - b|| / ||b||
     max_abs: float
     l2: float
-    nonfinite: int  # NaN or Inf values in the candidate
+    nonfinite: int  # NaN or Inf values in the candidate and the reference together
 
     def to_dict(self) -> dict[str, float | int]:
         return asdict(self)
 
 
 def count_nonfinite(x: ArrayLike) -> int:
-    return int(np.size(x) - np.count_nonzero(np.isfinite(_f64(x))))
+    values = _f64(x)
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
 
 
 def compare_features(candidate: ArrayLike, reference: ArrayLike) -> FeatureMetrics:
@@ -49,9 +50,9 @@ def compare_features(candidate: ArrayLike, reference: ArrayLike) -> FeatureMetri
     a, b = _f64(candidate), _f64(reference)
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: {a.shape} vs {b.shape}")
-    nonfinite = count_nonfinite(a)
-    if nonfinite:
-        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+    nonfinite = count_nonfinite(a) + count_nonfinite(b)
+    if nonfinite:  # a bad reference must not pass for a good candidate: both count, both are zeroed
+        a, b = (np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0) for x in (a, b))
     pixel = pixel_cosine_map(a, b)
     diff = a - b
     ref_norm = np.linalg.norm(b)

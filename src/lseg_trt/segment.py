@@ -8,7 +8,6 @@ bilinear (align_corners=True) resize to the original image size, then take the a
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,15 +20,20 @@ import torch.nn.functional as F
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.models import LOGIT_SCALE, LSeg
 from lseg_trt.models.clip_text import encode_tokens, tokenizer
+from lseg_trt.models.factory import tensors_sha256
 
 log = logging.getLogger(__name__)
 
 
 def parse_labels(text: str) -> list[str]:
-    """`"dog, grass, other"` -> ["dog", "grass", "other"]; empty or duplicate labels are errors."""
+    """`"dog, grass, other"` -> ["dog", "grass", "other"]; empty, duplicate or multi-line labels are errors
+    (the names file holds one label per line, so a line break would shift every index after it)."""
     labels = [label.strip() for label in text.split(",")]
     if not text.strip() or any(not label for label in labels):
         raise LsegTrtError(f"empty label in {text!r}: give comma-separated labels, e.g. 'dog, grass, other'")
+    broken = [label for label in labels if not label.isprintable()]
+    if broken:
+        raise LsegTrtError(f"labels may not hold line breaks or control characters: {broken[0]!r}")
     duplicates = sorted({label for label in labels if labels.count(label) > 1})
     if duplicates:
         raise LsegTrtError(f"duplicate labels: {', '.join(duplicates)}")
@@ -98,11 +102,7 @@ def vocabulary(lseg: LSeg) -> list[str]:
 
 def text_tower_hash(lseg: LSeg) -> str:
     """Key for the vocabulary-embedding cache: changes whenever any text-tower weight does."""
-    digest = hashlib.sha256()
-    for name, tensor in lseg.text_encoder.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return tensors_sha256(lseg.text_encoder)[:16]
 
 
 def vocabulary_embeddings(
@@ -111,8 +111,10 @@ def vocabulary_embeddings(
     """(V, C) unit text features of the whole vocabulary, cached as .npy per text tower."""
     cache = cache_dir / f"vocab_{lseg.variant}_{text_tower_hash(lseg)}.npy" if cache_dir else None
     if cache is not None and cache.is_file():
-        log.info("vocabulary embeddings from cache %s", cache)
-        return torch.from_numpy(np.load(cache))
+        cached = _read_cache(cache, (lseg.config.text.vocab_size, lseg.config.text.embed_dim))
+        if cached is not None:
+            log.info("vocabulary embeddings from cache %s", cache)
+            return cached
     tok = tokenizer(lseg.config.text.context_length)
     words = vocabulary(lseg)
     chunks = []
@@ -130,6 +132,21 @@ def vocabulary_embeddings(
         with atomic_path(cache) as tmp, open(tmp, "wb") as f:
             np.save(f, embeddings.numpy())
     return embeddings
+
+
+def _read_cache(path: Path, shape: tuple[int, int]) -> torch.Tensor | None:
+    """The cached embeddings, or None (with a warning) when the file is truncated or not what we wrote:
+    a damaged cache is recomputed and replaced, never trusted."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        log.warning("ignoring unreadable vocabulary cache %s (%s); recomputing", path, e)
+        return None
+    if array.shape != shape or array.dtype != np.float32 or not np.isfinite(array).all():
+        log.warning("ignoring vocabulary cache %s (%s %s, expected float32 %s); recomputing", path, array.dtype,
+                    array.shape, shape)  # fmt: skip
+        return None
+    return torch.from_numpy(array)
 
 
 def segment_wordfree(features: torch.Tensor, vocab: torch.Tensor, words: list[str], batch: int = 4096) -> Segmentation:

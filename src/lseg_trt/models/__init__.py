@@ -1,6 +1,6 @@
 """The LSeg networks: configs, encoders, CLIP text tower, checkpoint loading."""
 
-from lseg_trt.models.config import PUBLIC_VARIANTS, VARIANTS, LSegConfig, get_config
+from lseg_trt.models.config import VARIANTS, LSegConfig, get_config
 from lseg_trt.models.encoder import LSegImageEncoder
 from lseg_trt.models.factory import LOGIT_SCALE, LSeg, load_lseg, random_lseg
 
@@ -9,7 +9,6 @@ __all__ = [
     "LSeg",
     "LSegConfig",
     "LSegImageEncoder",
-    "PUBLIC_VARIANTS",
     "VARIANTS",
     "get_config",
     "load_lseg",

@@ -66,11 +66,6 @@ class LSegConfig:
     size_multiple: int = 32  # H and W must be multiples (the fusion adds need exact halving)
     lang_seg_backbone: str = ""  # the name lang-seg's --backbone flag uses
 
-    @property
-    def family(self) -> str:
-        """`vit` or `resnet`: tells which keys a checkpoint of this config carries."""
-        return self.backbone
-
 
 _TINY_TEXT = TextTowerConfig(width=64, heads=1, layers=2, embed_dim=32)  # heads = width // 64, as OpenAI
 _TINY_VISUAL = ClipVisualConfig(width=64, layers=1, patch_size=32, grid=2)
@@ -112,8 +107,6 @@ VARIANTS: dict[str, LSegConfig] = {
         std=IMAGENET_STD,
     ),
 }
-
-PUBLIC_VARIANTS = ("vit_l16", "rn101_zs")
 
 
 def get_config(variant: str) -> LSegConfig:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,12 +12,13 @@ import torch
 from open_clip.transformer import TextTransformer
 from torch import nn
 
-from lseg_trt import images
+import lseg_trt.images as images
 from lseg_trt.models.checkpoint import file_sha256, read_checkpoint
 from lseg_trt.models.clip_text import build_text_tower, encode_tokens, tokenize
 from lseg_trt.models.config import LSegConfig, get_config
 from lseg_trt.models.encoder import LSegImageEncoder
 from lseg_trt.models.loading import LoadReport, detect_variant, load_weights
+from lseg_trt.names import component_from_stem
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,15 @@ class LSeg:
 
     @property
     def weights_name(self) -> str:
-        """Short name for files and tables: the checkpoint's stem, or `random`."""
-        return RANDOM if not self.semantic else Path(self.source).stem
+        """Short name for files and tables: the checkpoint's stem as a safe path component, or `random`."""
+        return RANDOM if not self.semantic else component_from_stem(Path(self.source).stem)
+
+    @cached_property
+    def weights_sha256(self) -> str:
+        """What exported models and caches are keyed by: the checkpoint file's sha256, or for random
+        weights `random-<sha256 of the image encoder's tensors>`, so a change of seed or of the
+        initialisation code changes it too. Computed once per network (1.2 GB of tensors for ViT-L)."""
+        return self.sha256 if self.sha256 is not None else f"random-{tensors_sha256(self.image_encoder)}"
 
     @cached_property
     def sha256(self) -> str | None:
@@ -85,6 +94,16 @@ class LSeg:
         tokens = tokenize(labels, self.config.text.context_length).to(self.device)
         features = encode_tokens(self.text_encoder, tokens).float()
         return features / features.norm(dim=-1, keepdim=True)
+
+
+def tensors_sha256(module: nn.Module) -> str:
+    """Hex sha256 over a module's state (names, dtypes, shapes and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in module.state_dict().items():
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{t.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(t.view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def _calibrate_batchnorm(encoder: LSegImageEncoder, generator: torch.Generator) -> None:

@@ -1,0 +1,155 @@
+"""The runner life-cycle every backend shares, and the CUDA-graph cache the torch and TensorRT runners use.
+
+A runner is cheap to construct (it stores paths and options); `activate()` loads weights, sessions or
+engines onto the device, `prepare(shape)` does per-shape work (CUDA-graph capture, TensorRT shape and
+address binding) outside any timed region, `infer(x)` maps a device batch to features on the same
+device. Outputs may be buffers the runner reuses: copy them if you keep them across calls.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lseg_trt.errors import LsegTrtError
+
+if TYPE_CHECKING:
+    from lseg_trt.artifacts import ModelSource
+    from lseg_trt.tensorrt.options import Profile
+
+Shape = tuple[int, int, int, int]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A parsed backend name: registry entry, precision, and whether to replay CUDA graphs."""
+
+    base: str  # a key of lseg_trt.backends.REGISTRY
+    precision: str  # fp32 | fp16 | bf16
+    default_precision: str = "fp32"  # the precision the bare name means
+    cuda_graph: bool = False
+
+    @property
+    def name(self) -> str:
+        suffix = "" if self.precision == self.default_precision else f"-{self.precision}"
+        return self.base + suffix + ("+graph" if self.cuda_graph else "")
+
+
+class Runner(ABC):
+    """Life-cycle shared by every backend; use as a context manager.
+
+    Subclasses build themselves from a model source with `from_source`, which is where ONNX files and
+    engines are exported or built through the caches; `__init__` only stores what it is given.
+    """
+
+    def __init__(self, spec: BackendSpec, device: str | torch.device) -> None:
+        self.spec = spec
+        self.device = torch.device(device)
+        self.active = False
+        if spec.cuda_graph and self.device.type != "cuda":
+            raise LsegTrtError(f"{spec.name}: CUDA graphs need a CUDA device, not {self.device}")
+
+    @classmethod
+    @abstractmethod
+    def from_source(
+        cls,
+        spec: BackendSpec,
+        source: ModelSource,
+        device: str | torch.device,
+        cache_dir: Path,
+        profile: Profile | None,
+    ) -> Runner:
+        """A runner for `source`, making the artefact it needs (ONNX, engine) under `cache_dir`."""
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def activate(self) -> Runner:
+        if not self.active:
+            self._activate()
+            self.active = True
+        return self
+
+    def deactivate(self) -> None:
+        if self.active:
+            self._deactivate()
+            self.active = False
+
+    def __enter__(self) -> Runner:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def infer(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a device batch (float32, unit norm per pixel); may return a reused buffer."""
+        if not self.active:
+            raise RuntimeError(f"{self.name}: infer() before activate()")
+        return self._infer(x)
+
+    def infer_host(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a host batch, back on the host as a float32 copy the caller may keep: the one-off
+        path of demos and fidelity checks (streaming extraction keeps features on the device)."""
+        x = x.to(self.device)
+        self.prepare(tuple(x.shape))  # type: ignore[arg-type]
+        with torch.inference_mode():
+            return self.infer(x).float().cpu().clone()
+
+    def prepare(self, shape: Shape) -> None:  # noqa: B027 - most backends need no per-shape work
+        """Per-shape set-up, outside any timed region (graph capture, binding)."""
+
+    @abstractmethod
+    def _activate(self) -> None: ...
+
+    def _deactivate(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    @abstractmethod
+    def _infer(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def is_oom(error: BaseException) -> bool:
+    """CUDA out-of-memory from torch, or from ONNX Runtime / TensorRT, which report it in the message."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+class GraphCache:
+    """One captured CUDA graph per input shape around a callable with static input/output buffers."""
+
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
+        self.fn, self.device = fn, device
+        self.graphs: dict[Shape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+
+    def capture(self, shape: Shape, dtype: torch.dtype = torch.float32) -> None:
+        if shape in self.graphs:
+            return
+        static_in = torch.randn(shape, device=self.device, dtype=dtype)
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(3):  # warm-up outside capture: allocator, cuDNN/TRT tactic selection, lazy init
+                self.fn(static_in)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.fn(static_in)
+        self.graphs[shape] = (graph, static_in, static_out)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        shape = tuple(x.shape)
+        if shape not in self.graphs:
+            self.capture(shape, x.dtype)  # type: ignore[arg-type]
+        graph, static_in, static_out = self.graphs[shape]  # type: ignore[index]
+        static_in.copy_(x)
+        graph.replay()
+        return static_out

@@ -1,0 +1,86 @@
+"""PyTorch eager and Inductor runners, in fp32 / fp16 / bf16, with optional CUDA graphs."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from lseg_trt.backends.base import DTYPES, BackendSpec, GraphCache, Runner, Shape
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.models import LSegImageEncoder
+
+if TYPE_CHECKING:
+    from lseg_trt.artifacts import ModelSource
+    from lseg_trt.tensorrt.options import Profile
+
+
+class TorchRunner(Runner):
+    """PyTorch eager in inference mode.
+
+    fp16 and bf16 models run channels-last (cuDNN's fast layout for half-precision convolutions);
+    the encoder's own casts keep input, output and the L2 normalisation in float32.
+    """
+
+    compiled = False
+
+    def __init__(self, encoder: LSegImageEncoder, spec: BackendSpec, device: str | torch.device) -> None:
+        super().__init__(spec, device)
+        self.source = encoder
+        self.model: torch.nn.Module | None = None
+        self.fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    @classmethod
+    def from_source(
+        cls,
+        spec: BackendSpec,
+        source: ModelSource,
+        device: str | torch.device,
+        cache_dir: Path,
+        profile: Profile | None,
+    ) -> TorchRunner:
+        if source.lseg is None:
+            raise LsegTrtError(f"{spec.name} runs PyTorch weights; {source.path} is a {source.kind} file")
+        return cls(source.lseg.image_encoder, spec, device)
+
+    def _activate(self) -> None:
+        model = copy.deepcopy(self.source).to(self.device, DTYPES[self.spec.precision]).eval()
+        if self.spec.precision != "fp32":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        fn: Callable[[torch.Tensor], torch.Tensor] = self._wrap(model)
+        if self.spec.cuda_graph:
+            fn = GraphCache(fn, self.device)
+        self.fn = fn
+
+    def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        return model
+
+    def _deactivate(self) -> None:
+        self.model = self.fn = None
+        super()._deactivate()
+
+    def prepare(self, shape: Shape) -> None:
+        if isinstance(self.fn, GraphCache):
+            with torch.inference_mode():
+                self.fn.capture(shape)
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.fn(x)  # type: ignore[misc]
+
+
+class TorchCompileRunner(TorchRunner):
+    """Inductor, one static graph per shape."""
+
+    compiled = True
+
+    def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+        # Dynamo counts recompilations per code object across module instances and silently falls back
+        # to eager past its limit, so start each runner afresh.
+        torch._dynamo.reset()
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        return torch.compile(model, dynamic=False)

@@ -1,0 +1,188 @@
+"""Argument groups shared by the sub-commands: each `add_*` puts options on a parser, and its
+`*_from_args` twin turns the parsed namespace into checked values, so no command re-reads raw options.
+
+Checks that need no heavy import happen here, before any measurement starts: a bad `--batch` or an
+`--out` that cannot be written must fail in a second, not after an hour of benchmarking.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+from pathlib import Path
+
+from lseg_trt.errors import LsegTrtError
+
+
+class UsageError(LsegTrtError):
+    """A malformed command line (argparse's own complaints), reported like every other user error."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so `main` reports one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_at_least(text: str, least: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < least:
+        raise argparse.ArgumentTypeError(f"{value} must be at least {least}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    return _int_at_least(text, 0)
+
+
+# ---- model: weights | ONNX | engine ------------------------------------------------------------------
+
+
+def add_weights_args(parser: argparse.ArgumentParser, *, files: bool = False) -> None:
+    """`--weights`/`--variant`; with `files`, also `--onnx` and `--engine`, exclusive with `--weights`."""
+    group = parser.add_argument_group("model", "which LSeg network to run")
+    source = group.add_mutually_exclusive_group() if files else group
+    source.add_argument(
+        "--weights",
+        default=None,
+        help="lang-seg .ckpt, plain state-dict file, or 'random' (seeded random weights: real latency, "
+        "no semantics) [random]",
+    )
+    if files:
+        source.add_argument("--onnx", help="an ONNX model from `lseg-trt export` (runs with onnxruntime or tensorrt)")
+        source.add_argument("--engine", help="a TensorRT engine from `lseg-trt build` (runs with tensorrt)")
+    group.add_argument(
+        "--variant", default=None, help="vit_l16 or rn101_zs; detected from the checkpoint, vit_l16 for 'random'"
+    )
+
+
+def lseg_from_args(ns: argparse.Namespace, device: str = "cpu"):  # noqa: ANN201 - LSeg (lazy import)
+    from lseg_trt.models import load_lseg
+
+    return load_lseg(ns.weights or "random", variant=ns.variant, device=device)
+
+
+def source_from_args(ns: argparse.Namespace):  # noqa: ANN201 - ModelSource (lazy import)
+    from lseg_trt.artifacts import open_model
+
+    if ns.onnx or ns.engine:
+        if ns.variant:
+            raise LsegTrtError("--variant applies to --weights; ONNX files and engines carry their own")
+        return open_model(onnx=ns.onnx, engine=ns.engine)
+    return open_model(weights=ns.weights or "random", variant=ns.variant)
+
+
+# ---- several weights (bench, fidelity) ---------------------------------------------------------------
+
+
+def add_weight_sources_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("weights", "default: random weights for each of --variants")
+    group.add_argument("--weights", action="append", help="checkpoint (repeatable) or 'random'")
+    group.add_argument("--weights-dir", help="folder laid out like the seed: ViT/*.ckpt, Resnet/*.ckpt")
+    group.add_argument("--variant", default=None, help="force the variant of --weights")
+    group.add_argument("--variants", default="vit_l16,rn101_zs", help="for random weights [%(default)s]")
+
+
+SEED_FOLDERS = {"ViT": "vit_l16", "Resnet": "rn101_zs"}
+
+
+def weight_sources_from_args(ns: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """(weights, variant) pairs: a seed-style folder, explicit --weights, or random for each of --variants."""
+    if ns.weights_dir:
+        root = Path(ns.weights_dir)
+        if not root.is_dir():
+            raise LsegTrtError(f"--weights-dir {root} is not a folder")
+        found = [(str(p), v) for sub, v in SEED_FOLDERS.items() for p in sorted((root / sub).glob("*.ckpt"))]
+        if not found:
+            raise LsegTrtError(f"no checkpoints under {root}/ViT/*.ckpt or {root}/Resnet/*.ckpt")
+        return found
+    if ns.weights:
+        return [(w, ns.variant) for w in ns.weights]
+    from lseg_trt.models import get_config
+
+    variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
+    if not variants:
+        raise LsegTrtError(f"--variants {ns.variants!r} names no variant")
+    return [("random", get_config(v).name) for v in variants]
+
+
+# ---- device, sizes, backends -------------------------------------------------------------------------
+
+
+def add_device_args(parser: argparse.ArgumentParser, cache_help: str = "ONNX / engine cache folder") -> None:
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [%(default)s]")
+    parser.add_argument("--cache", default="models", help=f"{cache_help} [%(default)s]")
+
+
+def device_from_args(ns: argparse.Namespace) -> str:
+    """`auto` -> cuda if present, else cpu; anything else must name a device this machine has."""
+    import torch
+
+    name = ns.device.strip()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LsegTrtError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cpu":
+        return "cpu"
+    if device.type != "cuda":
+        raise LsegTrtError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise LsegTrtError(f"--device {name}: this machine has no CUDA GPU (use --device cpu)")
+    if device.index is not None and device.index >= count:
+        raise LsegTrtError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    return str(device)
+
+
+def sizes_from(texts: list[str] | tuple[str, ...]) -> list[tuple[int, int]]:
+    from lseg_trt.sizes import parse_size
+
+    return list(dict.fromkeys(parse_size(t) for t in texts))
+
+
+def add_backends_args(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--backends", action="append", help=f"{help_text}; comma list, repeatable")
+
+
+def backends_from_args(ns: argparse.Namespace, default: str) -> list:  # noqa: ANN201 - list[BackendSpec]
+    from lseg_trt.backends import parse_backends
+
+    return parse_backends(",".join(ns.backends) if ns.backends is not None else default)
+
+
+# ---- outputs -----------------------------------------------------------------------------------------
+
+
+def out_dir_from(text: str) -> Path:
+    """A folder we can write into, made if missing; checked before any work, so results are not lost."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise LsegTrtError(f"--out {path} exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise LsegTrtError(f"cannot write into --out {path}: {e.strerror or e}") from None
+    return path
+
+
+def out_file_from(text: str) -> Path:
+    """A file path whose folder we can write into; an existing folder at that path is refused."""
+    path = Path(text)
+    if path.is_dir():
+        raise LsegTrtError(f"--out {path} is a folder; give a file name such as {path / 'out.png'}")
+    out_dir_from(str(path.parent) if str(path.parent) else os.curdir)
+    return path

@@ -1,0 +1,198 @@
+"""`FeatureExtractor`: images in, LSeg features out, on the device, as fast as the device allows.
+
+The core needs only a runner, the checkpoint's mean/std and a metadata dict for manifests;
+`FeatureExtractor.open` is the one place that turns weights, an ONNX file or an engine into those.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from lseg_trt.backends import Runner, backend_for, make_runner
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.pipeline import Lane, Timings, background, batches, decode_ahead
+from lseg_trt.extraction.preprocess import network_input
+from lseg_trt.extraction.sources import Source, list_items
+from lseg_trt.images import load_rgb_array
+from lseg_trt.sizes import check_size
+
+if TYPE_CHECKING:
+    from lseg_trt.artifacts import ModelSource
+
+log = logging.getLogger(__name__)
+
+BatchLike = torch.Tensor | Sequence[str | Path | np.ndarray | Image.Image]
+
+
+def default_workers() -> int:
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class FeatureExtractor:
+    """Dense LSeg features of images at one network size, computed on the runner's device.
+
+    Use as a context manager (or `activate()` / `deactivate()`): activation loads the runner and
+    prepares the batch shape, outside any loop.
+
+    Args:
+        runner: any backend runner (not yet active).
+        size: network input (H, W), multiples of 32; features are (C, H/2, W/2).
+        mean, std: the checkpoint's normalisation.
+        batch_size: images per network call when streaming (the last batch of a group is padded).
+        workers: decode threads for `stream` and extraction runs.
+        metadata: what manifests record about the model (variant, weights, weights_sha256, ...).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        size: tuple[int, int],
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        *,
+        batch_size: int = 8,
+        workers: int = default_workers(),
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        check_size(*size)
+        if batch_size < 1:
+            raise LsegTrtError(f"batch size {batch_size}: must be at least 1")
+        self.runner, self.size, self.mean, self.std = runner, tuple(size), tuple(mean), tuple(std)
+        self.batch_size, self.workers = batch_size, workers
+        self.metadata = {"backend": runner.name, **(metadata or {})}
+        self.feature_shape: tuple[int, int, int] | None = None
+        self.prepared: set[tuple[int, ...]] = set()
+
+    @classmethod
+    def open(
+        cls,
+        *,
+        weights: str | Path | None = None,
+        onnx: str | Path | None = None,
+        engine: str | Path | None = None,
+        variant: str | None = None,
+        backend: str | None = None,
+        size: tuple[int, int] = (480, 640),
+        batch_size: int = 8,
+        device: str | torch.device = "auto",
+        cache_dir: str | Path = "models",
+        workers: int = default_workers(),
+    ) -> FeatureExtractor:
+        """An extractor for exactly one of `weights` (a checkpoint or "random"), `onnx` or `engine`."""
+        from lseg_trt.artifacts import open_model
+
+        given = {"weights": weights, "onnx": onnx, "engine": engine}
+        source = open_model(**{k: str(v) for k, v in given.items() if v is not None}, variant=variant)
+        return cls.from_source(
+            source, backend, size, batch_size=batch_size, device=device, cache_dir=cache_dir, workers=workers
+        )
+
+    @classmethod
+    def from_source(
+        cls,
+        source: ModelSource,
+        backend: str | None,
+        size: tuple[int, int],
+        *,
+        batch_size: int = 8,
+        device: str | torch.device = "auto",
+        cache_dir: str | Path = "models",
+        workers: int = default_workers(),
+    ) -> FeatureExtractor:
+        """An extractor for an opened model (`lseg_trt.artifacts.open_model`); `backend` None runs it with the
+        backend its file implies (torch for weights, onnxruntime for ONNX, tensorrt for engines)."""
+        device = default_device() if str(device) == "auto" else device
+        runner = make_runner(backend_for(source, backend), source, device, cache_dir)
+        info = source.info
+        metadata = {
+            "variant": info.variant,
+            "weights": info.weights_name,
+            "weights_sha256": info.weights_sha256,
+            "model_kind": source.kind,
+        }
+        return cls(runner, size, info.mean, info.std, batch_size=batch_size, workers=workers, metadata=metadata)
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    def activate(self) -> FeatureExtractor:
+        if not self.runner.active:
+            self.runner.activate()
+            features = self.forward(
+                torch.zeros((self.batch_size, *self.size, 3), dtype=torch.uint8, device=self.device)
+            )
+            self.feature_shape = tuple(features.shape[1:])  # type: ignore[assignment]
+        return self
+
+    def deactivate(self) -> None:
+        self.runner.deactivate()
+        self.prepared.clear()
+
+    def __enter__(self) -> FeatureExtractor:
+        return self.activate()
+
+    def __exit__(self, *exc: object) -> None:
+        self.deactivate()
+
+    def forward(self, pixels: torch.Tensor | list[torch.Tensor], pad_to: int | None = None) -> torch.Tensor:
+        """Features of uint8 pixels already on the device, padded with black images to `pad_to`
+        (one static shape for CUDA graphs and engines). May return a buffer the runner reuses."""
+        x = network_input(pixels, self.size, self.mean, self.std)
+        if pad_to is not None and x.shape[0] < pad_to:
+            x = torch.cat([x, x.new_zeros((pad_to - x.shape[0], *x.shape[1:]))])
+        shape = tuple(x.shape)
+        if shape not in self.prepared:
+            self.runner.prepare(shape)  # type: ignore[arg-type]
+            self.prepared.add(shape)
+        return self.runner.infer(x)
+
+    def __call__(self, batch: BatchLike) -> torch.Tensor:
+        """(B, C, H/2, W/2) float32 features on the device for paths, arrays, PIL images or a uint8 tensor
+        (B, H, W, 3) / (B, 3, H, W) on any device. The result is the caller's to keep."""
+        self.activate()
+        if isinstance(batch, torch.Tensor):
+            pixels: torch.Tensor | list[torch.Tensor] = batch.to(self.device)
+        else:
+            pixels = [torch.from_numpy(load_rgb_array(image)).to(self.device) for image in batch]
+            if not pixels:
+                raise LsegTrtError("empty batch")
+            if len({p.shape for p in pixels}) == 1:
+                pixels = torch.stack(pixels)
+        return self.forward(pixels).clone()
+
+    def frame(self, image: np.ndarray) -> torch.Tensor:
+        """(1, C, H/2, W/2) features of one uint8 HxWx3 camera frame: the low-latency path."""
+        self.activate()
+        return self.forward(torch.from_numpy(image).to(self.device)[None]).clone()
+
+    def stream(self, source: Source, timings: Timings | None = None) -> Iterator[tuple[str, torch.Tensor]]:
+        """(name, (C, H/2, W/2) features on the device) for every readable image of `source` (a folder, a
+        glob, a list file, a video, or a list of these), in name order. Unreadable items are logged and
+        skipped; runs that must account for them use `lseg_trt.extraction.extract`."""
+        self.activate()
+        items = list_items(source)
+        timings = timings or Timings()
+        lane = Lane(self.device, timings)
+        decoded = decode_ahead(items, self.workers, timings)
+        staged = batches([(0, items)], decoded, self.batch_size, pin=lane.cuda)
+        for batch in background(staged, depth=3, name="lseg-trt-collate"):
+            for item, reason in batch.failed:
+                log.warning("skipped %s: %s", item.name, reason)
+            if batch.pixels is None:
+                continue
+            pixels, _ = lane.upload(batch.pixels)
+            features = self.forward(pixels, pad_to=self.batch_size)[: len(batch.items)].clone()
+            yield from zip([i.name for i in batch.items], features, strict=True)

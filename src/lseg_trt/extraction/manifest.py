@@ -1,0 +1,153 @@
+"""Where a run's files go, what it records, and how a resume decides what is done.
+
+A run folder `<out>/<backend>/<variant>/<weights>/<HxW>-<format>.run/` holds `run.json` (the settings:
+network size, backend, weights sha256, reductions, format, ...) and `manifest/<shard>.jsonl`, one line
+per item of that shard (source path, bytes, mtime, status, where its features are). A shard's manifest
+is written, fsync'ed and renamed into place only after every file of the shard is, so a kill, Ctrl-C
+or a full disk leaves complete shards with manifests and nothing else that a resume would trust: a
+shard without a manifest is simply done again, and gives the same bytes. Per-shard manifests also let
+workers of a multi-GPU or multi-node run write side by side without a lock.
+
+npy features keep the seed's layout beside the run folder: `<out>/<backend>/<variant>/<weights>/
+<image>/<HxW>.npy`; shards go to `<run folder>/shards/<shard>.safetensors`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.files import atomic_path
+from lseg_trt.names import inside, safe_component
+from lseg_trt.sizes import format_size
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npy", "shards")
+STATUSES = ("done", "failed", "nonfinite")
+# run.json fields that may differ between a run and its resume.
+_INFORMATIONAL = ("lseg_trt_version", "batch_size", "workers")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Paths of one run: an output root, a model (backend, variant, weights), a network size, a format."""
+
+    out: Path
+    backend: str
+    variant: str
+    weights: str
+    size: tuple[int, int]
+    format: str
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise LsegTrtError(f"output format {self.format!r}: choose {', '.join(FORMATS)}")
+        for value, what in ((self.backend, "backend"), (self.variant, "variant"), (self.weights, "weights name")):
+            safe_component(value, what)
+
+    @property
+    def tree(self) -> Path:
+        return inside(self.out, self.backend, self.variant, self.weights)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.tree / f"{format_size(self.size)}-{self.format}.run"
+
+    @property
+    def settings_path(self) -> Path:
+        return self.run_dir / "run.json"
+
+    @property
+    def pca_path(self) -> Path:
+        return self.run_dir / "pca.safetensors"
+
+    @property
+    def manifest_dir(self) -> Path:
+        return self.run_dir / "manifest"
+
+    def shard_manifest(self, index: int) -> Path:
+        return self.manifest_dir / f"{index:05d}.jsonl"
+
+    def shard_file(self, index: int) -> Path:
+        return self.run_dir / "shards" / f"{index:05d}.safetensors"
+
+    def npy_file(self, component: str) -> Path:
+        return inside(self.tree, component, f"{format_size(self.size)}.npy")
+
+
+def durable_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` atomically and fsync it and its folder: it exists whole or not at all,
+    also after a power cut."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool) -> None:
+    """Create or reopen the run folder for `settings`.
+
+    A folder with results is reopened only with `resume` (settings must match) or `force` (its
+    manifests and shards are removed first); otherwise it is a user error, so a second run never
+    mixes its features with the first one's silently.
+    """
+    if resume and force:
+        raise LsegTrtError("--resume and --force exclude each other: resume keeps finished work, force redoes it")
+    existing = read_settings(layout) if layout.settings_path.exists() else None
+    has_results = any(layout.manifest_dir.glob("*.jsonl"))
+    if existing is not None and force:
+        for folder in (layout.manifest_dir, layout.run_dir / "shards"):
+            shutil.rmtree(folder, ignore_errors=True)
+        layout.pca_path.unlink(missing_ok=True)
+    elif existing is not None and resume:
+        changed = sorted(
+            k for k in set(existing) | set(settings) if k not in _INFORMATIONAL and existing.get(k) != settings.get(k)
+        )
+        if changed:
+            shown = "; ".join(f"{k}: {existing.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
+            raise LsegTrtError(f"cannot resume {layout.run_dir}: settings differ ({shown}); use --force to redo it")
+    elif has_results:
+        raise LsegTrtError(f"{layout.run_dir} already holds results: pass --resume to continue or --force to redo")
+    layout.manifest_dir.mkdir(parents=True, exist_ok=True)
+    durable_write(layout.settings_path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+
+
+def read_settings(layout_or_dir: RunLayout | Path) -> dict:
+    path = layout_or_dir.settings_path if isinstance(layout_or_dir, RunLayout) else Path(layout_or_dir) / "run.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise LsegTrtError(f"cannot read run settings {path}: {e}") from None
+
+
+def write_shard_manifest(layout: RunLayout, index: int, records: list[dict]) -> None:
+    lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+    durable_write(layout.shard_manifest(index), lines.encode())
+
+
+def read_manifest(run_dir: Path) -> dict[int, list[dict]]:
+    """Every finished shard's records, by shard index."""
+    shards = {}
+    for path in sorted((Path(run_dir) / "manifest").glob("*.jsonl")):
+        if not path.stem.isdigit():
+            continue
+        try:
+            shards[int(path.stem)] = [json.loads(line) for line in path.read_text().splitlines() if line]
+        except (OSError, json.JSONDecodeError) as e:
+            raise LsegTrtError(f"corrupt manifest {path}: {e}") from None
+    return shards

@@ -1,0 +1,82 @@
+"""`open_features`: a finished (or partly finished) run, read lazily by item name.
+
+npy files open memory-mapped; a safetensors shard is mapped once and each item is a zero-copy view
+into it (the header is parsed here, so reading needs no extra package).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.manifest import read_manifest, read_settings
+from lseg_trt.extraction.reduce import PCABasis
+
+_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32}
+
+
+class FeatureSet(Mapping[str, np.ndarray]):
+    """Item name -> stored features (1, C, H, W) of the items a run finished (`status` done).
+
+    `settings` is the run's `run.json`, `records` every manifest line (failed items included), and
+    `pca` the stored basis when the run projected its features.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.settings = read_settings(run_dir)
+        self.records = [r for shard in read_manifest(run_dir).values() for r in shard]
+        self.done = {r["name"]: r for r in self.records if r["status"] == "done"}
+        self.shards: dict[Path, np.memmap] = {}
+
+    @cached_property
+    def pca(self) -> PCABasis | None:
+        path = self.run_dir / "pca.safetensors"
+        return PCABasis.load(path) if path.exists() else None
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        record = self.done[name]
+        if self.settings["format"] == "npy":
+            return np.load(self.run_dir.parent / record["file"], mmap_mode="r")
+        return self._shard_tensor(self.run_dir / record["file"], record["key"])
+
+    def _shard_tensor(self, path: Path, key: str) -> np.ndarray:
+        header, data = self._shard(path)
+        entry = header[key]
+        begin, end = entry["data_offsets"]
+        return data[begin:end].view(_NUMPY_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+
+    def _shard(self, path: Path) -> tuple[dict, np.memmap]:
+        if path not in self.shards:
+            try:
+                with open(path, "rb") as fh:
+                    length = int.from_bytes(fh.read(8), "little")
+                    header = json.loads(fh.read(length))
+                data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+            except (OSError, ValueError) as e:
+                raise LsegTrtError(f"cannot read feature shard {path}: {e}") from None
+            self.shards[path] = (header, data)  # type: ignore[assignment]
+        return self.shards[path]  # type: ignore[return-value]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self.done))
+
+    def __len__(self) -> int:
+        return len(self.done)
+
+
+def open_features(path: str | Path) -> FeatureSet:
+    """The run at `path`: a run folder (`...<HxW>-<format>.run`) or any folder holding exactly one."""
+    path = Path(path)
+    if (path / "run.json").is_file():
+        return FeatureSet(path)
+    runs = sorted(p.parent for p in path.glob("**/*.run/run.json")) if path.is_dir() else []
+    if len(runs) != 1:
+        found = ", ".join(str(r) for r in runs[:5]) if runs else "none"
+        raise LsegTrtError(f"{path} must be a run folder or hold exactly one (found: {found})")
+    return FeatureSet(runs[0])

@@ -1,0 +1,307 @@
+"""Extraction runs: items -> fixed shards -> features written by background threads, with a manifest.
+
+The unit of work is a shard: items sorted by name, shard j = items [j*S, (j+1)*S). `run_shards` does
+any subset of a plan and `extract_shard` one shard, writing the same files as a one-process run, so
+several GPUs of a host, `--shard K/N` tasks of a scheduler and Ray actors can all share them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from lseg_trt._version import __version__
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.extractor import FeatureExtractor
+from lseg_trt.extraction.manifest import RunLayout, read_manifest, start_run, write_shard_manifest
+from lseg_trt.extraction.pipeline import STAGES, Lane, Timings, background, batches, decode_ahead
+from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca
+from lseg_trt.extraction.sources import Item, Source, list_items
+from lseg_trt.extraction.writers import Background, ShardWriter, shard_writer
+
+log = logging.getLogger(__name__)
+
+FULL = Reduction()  # fp16, full grid, all channels
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """A fixed, deterministic group of items: shard `index` of a plan."""
+
+    index: int
+    items: tuple[Item, ...]
+
+
+def plan_shards(items: list[Item], shard_size: int) -> list[ShardSpec]:
+    """Items sorted by name, cut into shards of `shard_size` (the last may be shorter)."""
+    if shard_size < 1:
+        raise LsegTrtError(f"shard size {shard_size}: must be at least 1")
+    ordered = sorted(items, key=lambda i: i.name)
+    return [ShardSpec(j, tuple(ordered[s : s + shard_size])) for j, s in enumerate(range(0, len(ordered), shard_size))]
+
+
+@dataclass(frozen=True)
+class RunOutput:
+    """Where and how a run writes: the layout, the reduction, and the settings its manifest records."""
+
+    layout: RunLayout
+    reduction: Reduction
+    settings: dict
+    item_shape: tuple[int, int, int, int]  # stored per item: (1, C, H, W) after reduction
+
+
+def open_run(
+    extractor: FeatureExtractor,
+    out: str | Path,
+    *,
+    format: str = "shards",
+    reduction: Reduction = FULL,
+    shard_size: int = 64,
+    resume: bool = False,
+    force: bool = False,
+) -> RunOutput:
+    """Create (or reopen, with `resume`) the run folder for this extractor and settings."""
+    extractor.activate()
+    meta = extractor.metadata
+    layout = RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+    reduction.check(extractor.feature_shape)  # type: ignore[arg-type]
+    settings = {
+        "format": format,
+        "size": list(extractor.size),
+        "feature_shape": list(extractor.feature_shape),  # type: ignore[arg-type]
+        "shard_size": shard_size,
+        "mean": list(extractor.mean),
+        "std": list(extractor.std),
+        "reduction": reduction.describe(),
+        "lseg_trt_version": __version__,
+        "batch_size": extractor.batch_size,
+        **meta,
+    }
+    start_run(layout, settings, resume=resume, force=force)
+    if reduction.pca is not None:
+        reduction.pca.save(layout.pca_path)
+    shape = (1, *reduction.output_shape(extractor.feature_shape))  # type: ignore[arg-type]
+    return RunOutput(layout, reduction, settings, shape)  # type: ignore[arg-type]
+
+
+@dataclass
+class Summary:
+    """What a run did; `ok` is False if any item failed or gave non-finite features."""
+
+    run_dir: Path
+    done: int = 0
+    skipped: int = 0  # finished in an earlier run (resume)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    nonfinite: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.nonfinite
+
+    def describe(self) -> str:
+        rate = self.done / self.seconds if self.seconds > 0 else 0.0
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+        lines = [
+            f"{self.done} done, {self.skipped} already done, {len(self.failed)} failed, "
+            f"{len(self.nonfinite)} non-finite in {self.seconds:.1f}s ({rate:.1f} images/s) -> {self.run_dir}",
+            f"time per stage: {stages}",
+        ]
+        lines += [f"failed: {name}: {reason}" for name, reason in self.failed[:20]]
+        lines += [f"non-finite features: {name}" for name in self.nonfinite[:20]]
+        return "\n".join(lines)
+
+
+class _ShardState:
+    """Writer-thread side of one shard: its writer and its records in item order."""
+
+    def __init__(self, output: RunOutput, shard: ShardSpec) -> None:
+        self.output, self.shard = output, shard
+        metadata = {"format": "lseg-trt-features", "shard": str(shard.index)}
+        dtype = np.dtype(np.float16 if output.reduction.dtype == "fp16" else np.float32)
+        self.writer: ShardWriter = shard_writer(
+            output.layout, shard.index, shard.items, output.item_shape, dtype, metadata
+        )
+        self.records: dict[str, dict] = {}
+
+    def record(self, item: Item, status: str, **fields: object) -> None:
+        source = {"source": str(item.path), "bytes": item.bytes, "mtime_ns": item.mtime_ns, "frame": item.frame}
+        self.records[item.name] = {"name": item.name, "shard": self.shard.index, "status": status, **source, **fields}
+
+    def commit(self) -> list[dict]:
+        self.writer.commit()
+        records = [self.records[item.name] for item in self.shard.items]
+        write_shard_manifest(self.output.layout, self.shard.index, records)
+        return records
+
+
+def run_shards(
+    extractor: FeatureExtractor,
+    shards: list[ShardSpec],
+    output: RunOutput,
+    *,
+    progress: bool = True,
+    write_depth: int = 8,
+) -> Summary:
+    """Extract and write `shards` in order, decode, compute and writing overlapping; see `Summary`."""
+    extractor.activate()
+    summary = Summary(output.layout.run_dir)
+    timings = Timings()
+    lane = Lane(extractor.device, timings)
+    writer = Background(write_depth)
+    states: dict[int, _ShardState] = {}
+    created: list[_ShardState] = []
+    items = [item for shard in shards for item in shard.items]
+    bar = tqdm(total=len(items), desc=f"extract {extractor.runner.name}", unit="img", disable=not progress)
+    start = time.perf_counter()
+
+    def write_batch(state: _ShardState, batch_items: list[Item], hosts: list[torch.Tensor], wait, spans: list) -> None:  # noqa: ANN001
+        wait()
+        lane.account(spans)
+        begin = time.perf_counter()
+        stored, finite = hosts
+        for item, array, good in zip(batch_items, stored.numpy(), finite.tolist(), strict=True):
+            if good:
+                state.record(item, "done", **state.writer.add(item, array[None]))
+            else:
+                state.record(item, "nonfinite", reason="NaN or Inf in the features")
+        timings.add("write", time.perf_counter() - begin)
+        bar.update(len(batch_items))
+
+    def fail(state: _ShardState, failed: list[tuple[Item, str]]) -> None:
+        for item, reason in failed:
+            state.record(item, "failed", reason=reason)
+        bar.update(len(failed))
+
+    def commit(state: _ShardState) -> None:
+        begin = time.perf_counter()
+        summary.records.extend(state.commit())
+        timings.add("write", time.perf_counter() - begin)
+
+    try:
+        decoded = decode_ahead(items, extractor.workers, timings)
+        staged = batches([(s.index, s.items) for s in shards], decoded, extractor.batch_size, pin=lane.cuda)
+        by_index = {s.index: s for s in shards}
+        waited = time.perf_counter()
+        for batch in background(staged, depth=3, name="lseg-trt-collate"):
+            timings.add("wait_input", time.perf_counter() - waited)
+            if batch.group not in states:
+                states[batch.group] = _ShardState(output, by_index[batch.group])
+                created.append(states[batch.group])
+            state = states[batch.group]
+            if batch.failed:
+                writer.submit(partial(fail, state, batch.failed))
+            if batch.pixels is not None:
+                pixels, spans = lane.upload(batch.pixels)
+                _, finish = lane.span()
+                features = extractor.forward(pixels, pad_to=extractor.batch_size)[: len(batch.items)]
+                finite = torch.isfinite(features).flatten(1).all(1)
+                stored = output.reduction.apply(features)
+                spans.append(finish())
+                hosts, wait, more = lane.download([stored, finite])
+                blocked = writer.blocked
+                writer.submit(partial(write_batch, state, batch.items, hosts, wait, spans + more))
+                timings.add("wait_write", writer.blocked - blocked)
+            if batch.last:
+                writer.submit(partial(commit, states.pop(batch.group)))
+            waited = time.perf_counter()
+        writer.close()
+    except BaseException:
+        writer.cancel()
+        for state in created:
+            state.writer.abort()
+        raise
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - start
+    summary.timings = {k: round(v, 4) for k, v in timings.seconds.items() if k in STAGES or v > 0}
+    for record in summary.records:
+        if record["status"] == "done":
+            summary.done += 1
+        elif record["status"] == "failed":
+            summary.failed.append((record["name"], record["reason"]))
+        else:
+            summary.nonfinite.append(record["name"])
+    return summary
+
+
+def extract_shard(extractor: FeatureExtractor, shard: ShardSpec, output: RunOutput) -> list[dict]:
+    """Process one shard and write its file(s) and manifest atomically; the records, in item order."""
+    return run_shards(extractor, [shard], output, progress=False).records
+
+
+def pending_shards(shards: list[ShardSpec], output: RunOutput) -> list[ShardSpec]:
+    """Shards without a manifest, or whose items (names, sizes, mtimes) changed since it was written."""
+    finished = read_manifest(output.layout.run_dir)
+    todo = []
+    for shard in shards:
+        records = finished.get(shard.index)
+        same = records is not None and [r["name"] for r in records] == [i.name for i in shard.items]
+        if not (same and all(i.unchanged(r) for i, r in zip(shard.items, records, strict=True))):
+            todo.append(shard)
+    return todo
+
+
+def fit_run_pca(extractor: FeatureExtractor, items: list[Item], k: int, pool: int, frames: int = 16) -> PCABasis:
+    """A PCA basis fitted on `frames` items spread evenly over the run (pooled as the run pools)."""
+    step = max(1, len(items) // frames)
+    chosen = items[::step][:frames]
+    paths = [item.path for item in chosen if item.frame is None]
+    pooled = Reduction(pool=pool)
+    grids = [pooled.pooled(features[None]) for _, features in extractor.stream(paths)] if paths else []
+    if not grids:
+        raise LsegTrtError("no readable image to fit the PCA basis on")
+    return fit_pca(grids, k)
+
+
+def extract(
+    extractor: FeatureExtractor,
+    source: Source,
+    out: str | Path,
+    *,
+    format: str = "shards",
+    dtype: str = "fp16",
+    pool: int = 1,
+    pca: int | None = None,
+    shard_size: int = 64,
+    resume: bool = False,
+    force: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Features of every item of `source` into `out`, resumable; the CLI's `extract` is this call.
+
+    Args:
+        extractor: the model, size, batch and device.
+        source: folder (recursive), glob, list file, video, or a list of these.
+        out: output root; the run folder is `<out>/<backend>/<variant>/<weights>/<HxW>-<format>.run`.
+        format: `shards` (safetensors, `shard_size` items each) or `npy` (one file per image, seed layout).
+        dtype: storage dtype, fp16 or fp32. pool: average the feature grid over pool x pool cells.
+        pca: project to this many channels (basis fitted on 16 frames of the run, stored beside it).
+        resume: skip shards the manifest records as finished with unchanged sources. force: redo all.
+    """
+    extractor.activate()
+    items = list_items(source)
+    shards = plan_shards(items, shard_size)
+    basis = None
+    if pca is not None:
+        meta = extractor.metadata
+        layout = RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+        reusable = resume and layout.pca_path.exists()
+        basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, pca, pool)
+    reduction = Reduction(dtype, pool, basis)
+    output = open_run(
+        extractor, out, format=format, reduction=reduction, shard_size=shard_size, resume=resume, force=force
+    )
+    todo = pending_shards(shards, output) if resume else shards
+    summary = run_shards(extractor, todo, output, progress=progress)
+    summary.skipped = len(items) - sum(len(s.items) for s in todo)
+    return summary

@@ -1,0 +1,203 @@
+"""What to extract: folders, globs, list files and videos become one sorted list of named items.
+
+An item's name is its path relative to the input root, without the suffix, `/`-separated (`cam0/000123`),
+so two `000123.jpg` in different folders stay apart, and the order and names are the same on every
+machine that sees the same tree (the unit of work of a sharded run is a fixed slice of this list).
+Names become file-name components only through `item_component`, never directly.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lseg_trt.errors import LsegTrtError, MissingDependencyError
+from lseg_trt.images import IMAGE_SUFFIXES, load_rgb_array
+from lseg_trt.names import component_from_stem
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov", ".webm", ".m4v")
+LIST_SUFFIXES = (".txt", ".lst")
+RESERVED_SUFFIX = ".run"  # run folders sit beside the per-image folders of the npy layout
+
+Source = str | Path | Sequence[str | Path]
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image (or one video frame) to extract, with what resume compares to see it unchanged."""
+
+    name: str
+    path: Path
+    bytes: int
+    mtime_ns: int
+    frame: int | None = None  # index in a video file
+
+    @property
+    def component(self) -> str:
+        return item_component(self.name)
+
+    def unchanged(self, record: dict) -> bool:
+        return record.get("bytes") == self.bytes and record.get("mtime_ns") == self.mtime_ns
+
+
+def item_component(name: str) -> str:
+    """A safe folder name for an item: `component_from_stem`, hashed further if it could be mistaken
+    for a run folder (`<HxW>-<format>.run`)."""
+    component = component_from_stem(name)
+    if component.lower().endswith(RESERVED_SUFFIX):
+        component += "__" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return component
+
+
+def list_items(source: Source) -> list[Item]:
+    """Every item of `source` (a folder, searched recursively; a glob; a `.txt`/`.lst` list file with
+    one path per line; a video; an image; or a list of these), sorted by name, names unique."""
+    sources = [source] if isinstance(source, str | Path) else list(source)
+    found = [entry for s in sources for entry in _expand(str(s))]
+    items = [frame for name, path in _unique_names(found) for frame in _frames(_file_item(name, path))]
+    if not items:
+        raise LsegTrtError(f"no images found in {', '.join(map(str, sources))}")
+    return sorted(items, key=lambda i: i.name)
+
+
+def _expand(text: str) -> list[tuple[Path, Path]]:
+    path = Path(text)
+    if any(c in text for c in "*?["):
+        root = Path(*[p for p in Path(text).parts[: _first_magic(text)]]) if _first_magic(text) else Path(".")
+        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
+        return [(f, root) for f in files if _wanted(f)]
+    if path.is_dir():
+        files = sorted(f for f in path.rglob("*") if f.is_file() and _wanted(f) and not _hidden(f, path))
+        return [(f, path) for f in files]
+    if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
+        return _list_file(path)
+    if path.is_file():
+        return [(path, path.parent)]
+    raise LsegTrtError(f"input not found: {path}")
+
+
+def _first_magic(text: str) -> int:
+    return next(i for i, part in enumerate(Path(text).parts) if any(c in part for c in "*?["))
+
+
+def _wanted(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+
+
+def _hidden(path: Path, root: Path) -> bool:
+    return any(part.startswith(".") for part in path.relative_to(root).parts)
+
+
+def _list_file(path: Path) -> list[tuple[Path, Path]]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise LsegTrtError(f"cannot read list file {path}: {e}") from None
+    entries = [path.parent / line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if not entries:
+        return []
+    root = Path(os.path.commonpath([str(e.parent.absolute()) for e in entries]))
+    return [(e, root) for e in entries]  # missing entries fail at decode, recorded per item
+
+
+def _unique_names(found: list[tuple[Path, Path]]) -> list[tuple[str, Path]]:
+    """Names relative to each root without the suffix; if two collide (`a.png`, `a.jpg`) every name keeps
+    its suffix; if names still collide (inputs with different roots) the absolute path is the name."""
+    entries = list({path.absolute(): (path, _relative(path, root)) for path, root in found}.values())
+    for naming in (
+        lambda path, rel: rel.with_suffix("").as_posix(),
+        lambda path, rel: rel.as_posix(),
+        lambda path, rel: path.absolute().as_posix().lstrip("/"),
+    ):
+        names = [naming(path, rel) for path, rel in entries]
+        if len(set(names)) == len(names):
+            break
+    return list(zip(names, [path for path, _ in entries], strict=True))
+
+
+def _relative(path: Path, root: Path) -> Path:
+    try:
+        return path.absolute().relative_to(root.absolute())
+    except ValueError:
+        return Path(path.name)
+
+
+def _file_item(name: str, path: Path) -> Item:
+    try:
+        info = path.stat()
+        return Item(name, path, info.st_size, info.st_mtime_ns)
+    except OSError:
+        return Item(name, path, -1, -1)  # fails at decode and is recorded as failed
+
+
+def _frames(item: Item) -> list[Item]:
+    if item.path.suffix.lower() not in VIDEO_SUFFIXES:
+        return [item]
+    count = _frame_count(item.path)
+    return [Item(f"{item.name}/{i:06d}", item.path, item.bytes, item.mtime_ns, i) for i in range(count)]
+
+
+def _frame_count(path: Path) -> int:
+    """The container's frame count where it states one, else a decode pass to count them."""
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            stated = container.streams.video[0].frames
+    except ImportError:
+        raise MissingDependencyError(f"reading video {path} needs PyAV: pip install av") from None
+    except (av.FFmpegError, IndexError) as e:
+        raise LsegTrtError(f"cannot read video {path}: {e}") from None
+    return stated or sum(1 for _ in _video_frames(path))
+
+
+def _video_frames(path: Path) -> Iterator[np.ndarray]:
+    """RGB uint8 frames in decode order, through PyAV (optional: `pip install av`)."""
+    try:
+        import av
+    except ImportError:
+        raise MissingDependencyError(f"reading video {path} needs PyAV: pip install av") from None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+    except (av.FFmpegError, IndexError) as e:
+        raise LsegTrtError(f"cannot read video {path}: {e}") from None
+
+
+def decode(item: Item) -> np.ndarray | LsegTrtError:
+    """An image item's RGB uint8 array, or the user error that explains why it cannot be read."""
+    try:
+        return load_rgb_array(item.path)
+    except LsegTrtError as e:
+        return e
+
+
+def decode_video(items: Sequence[Item]) -> Iterator[tuple[Item, np.ndarray | LsegTrtError]]:
+    """Frames of one video in order, decoded once from the start (frames not in `items` are skipped)."""
+    wanted = {item.frame: item for item in items}
+    done = 0
+    try:
+        for index, frame in enumerate(_video_frames(items[0].path)):
+            if index in wanted:
+                yield wanted[index], np.ascontiguousarray(frame)
+                done += 1
+                if done == len(wanted):
+                    return
+    except LsegTrtError as e:
+        error = e
+    else:
+        error = LsegTrtError(f"{items[0].path}: video ended before frame {max(wanted)}")
+    for item in items[done:]:  # items come in frame order, so the first `done` were yielded
+        yield item, error

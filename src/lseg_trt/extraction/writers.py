@@ -1,0 +1,194 @@
+"""Shard writers (npy files, one safetensors file) and the background thread that runs them.
+
+Safetensors shards are written in one sequential pass without holding the shard in memory: the
+header is reserved up front at the size it would have if every item succeeded (names, shapes and
+dtype are known before the first item arrives), items are appended as they come, and on commit the
+real header (failed items left out) is written into the reserved space, padded with spaces as the
+format allows. Equal inputs give equal bytes, so a shard redone after a kill is identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+import numpy as np
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.manifest import RunLayout, sync_folder
+from lseg_trt.extraction.sources import Item
+
+log = logging.getLogger(__name__)
+
+SAFETENSORS_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
+
+
+class ShardWriter(ABC):
+    """Writes the features of one shard; `add` per good item in order, then `commit` once."""
+
+    def __init__(self, layout: RunLayout, index: int, items: tuple[Item, ...]) -> None:
+        self.layout, self.index, self.items = layout, index, items
+
+    @abstractmethod
+    def add(self, item: Item, array: np.ndarray) -> dict[str, str]:
+        """Store `array` (1, C, H, W); return where it went, for the manifest."""
+
+    def commit(self) -> None:  # noqa: B027 - npy files are complete as soon as they are added
+        """Make the shard's files final."""
+
+    def abort(self) -> None:  # noqa: B027
+        """Drop what an unfinished shard wrote that is not final."""
+
+
+class NpyShardWriter(ShardWriter):
+    """The seed layout: one `<image>/<HxW>.npy` per item, each written atomically and fsync'ed."""
+
+    def add(self, item: Item, array: np.ndarray) -> dict[str, str]:
+        from lseg_trt.extraction.manifest import durable_write
+
+        path = self.layout.npy_file(item.component)
+        header = np.lib.format.header_data_from_array_1_0(array)
+        buffer = _NpyBuffer()
+        np.lib.format.write_array_header_1_0(buffer, header)
+        durable_write(path, buffer.data + np.ascontiguousarray(array).tobytes())
+        return {"file": path.relative_to(self.layout.tree).as_posix()}
+
+
+class _NpyBuffer:
+    def __init__(self) -> None:
+        self.data = b""
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+class SafetensorsShardWriter(ShardWriter):
+    """`shards/<index>.safetensors`: one tensor per item, keyed by item name, streamed to disk."""
+
+    def __init__(
+        self,
+        layout: RunLayout,
+        index: int,
+        items: tuple[Item, ...],
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        metadata: dict[str, str],
+    ) -> None:
+        super().__init__(layout, index, items)
+        self.shape, self.dtype, self.metadata = shape, np.dtype(dtype), metadata
+        self.item_bytes = int(np.prod(shape)) * self.dtype.itemsize
+        self.offsets: dict[str, int] = {}
+        every = self._header({item.name: i * self.item_bytes for i, item in enumerate(items)})
+        self.reserved = len(every) + (-len(every) % 8)  # the most the real header can need, 8-aligned
+        self.path = layout.shard_file(index)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit / abort
+        self.fh.write(b"\0" * (8 + self.reserved))
+        self.offset = 0
+
+    def _header(self, offsets: dict[str, int]) -> bytes:
+        header: dict[str, object] = {"__metadata__": self.metadata}
+        for name, offset in offsets.items():
+            entry = {"dtype": SAFETENSORS_DTYPES[self.dtype], "shape": list(self.shape)}
+            header[name] = {**entry, "data_offsets": [offset, offset + self.item_bytes]}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def add(self, item: Item, array: np.ndarray) -> dict[str, str]:
+        data = np.ascontiguousarray(array, dtype=self.dtype)
+        if data.shape != self.shape:
+            raise RuntimeError(f"shard {self.index}: item {item.name} has shape {data.shape}, expected {self.shape}")
+        self.fh.write(data.tobytes())
+        self.offsets[item.name] = self.offset
+        self.offset += data.nbytes
+        return {"file": self.path.relative_to(self.layout.run_dir).as_posix(), "key": item.name}
+
+    def commit(self) -> None:
+        text = self._header(self.offsets)
+        self.fh.seek(0)
+        self.fh.write(self.reserved.to_bytes(8, "little") + text + b" " * (self.reserved - len(text)))
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+        self.fh.close()
+        os.replace(self.tmp, self.path)
+        sync_folder(self.path.parent)
+
+    def abort(self) -> None:
+        self.fh.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+class Background:
+    """One writer thread fed through a bounded queue: `submit` blocks while the queue is full, so a
+    slow disk holds the producer (and the GPU) back instead of filling memory. The first error in
+    the thread is re-raised in the producer at its next `submit` or at `close`."""
+
+    def __init__(self, depth: int, name: str = "lseg-trt-writer") -> None:
+        self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max(1, depth))
+        self.error: BaseException | None = None
+        self.cancelled = False
+        self.busy = 0.0  # seconds spent running tasks
+        self.blocked = 0.0  # seconds producers waited for room
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (task := self.tasks.get()) is not None:
+            if self.error is None and not self.cancelled:
+                start = time.perf_counter()
+                try:
+                    task()
+                except BaseException as e:  # noqa: BLE001 - handed to the producer
+                    self.error = e
+                self.busy += time.perf_counter() - start
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            if isinstance(error, OSError):
+                raise LsegTrtError(f"cannot write features: {error}") from error
+            raise error
+
+    def submit(self, task: Callable[[], None]) -> None:
+        self._raise()
+        start = time.perf_counter()
+        self.tasks.put(task)
+        self.blocked += time.perf_counter() - start
+
+    def cancel(self) -> None:
+        """Drop queued tasks, let the running one finish, stop the thread; errors are not raised."""
+        self.cancelled = True
+        while True:
+            try:
+                self.tasks.get_nowait()
+            except queue.Empty:
+                break
+        if self.thread.is_alive():
+            self.tasks.put(None)
+            self.thread.join()
+
+    def close(self) -> None:
+        """Wait for every queued task; raise the first error."""
+        if self.thread.is_alive():
+            self.tasks.put(None)
+            self.thread.join()
+        self._raise()
+
+
+def shard_writer(
+    layout: RunLayout,
+    index: int,
+    items: tuple[Item, ...],
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    metadata: dict[str, str],
+) -> ShardWriter:
+    if layout.format == "npy":
+        return NpyShardWriter(layout, index, items)
+    return SafetensorsShardWriter(layout, index, items, shape, dtype, metadata)

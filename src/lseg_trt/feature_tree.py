@@ -1,0 +1,58 @@
+"""The per-image feature tree that `extract` writes and `compare` reads (the seed's layout).
+
+`<root>/<backend>/<variant>/<weights>/<image>/<H>x<W>.npy`, each a float32 or float16 array
+(1, C, H/2, W/2) of unit-norm features; H x W is the network input size. Every component is a safe
+single path component (`lseg_trt.names`), so no key can point outside the root.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lseg_trt.errors import LsegTrtError
+
+FLOAT_KINDS = "f"  # numpy dtype kinds a feature file may hold
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """Where one feature map belongs in a tree."""
+
+    backend: str
+    variant: str
+    weights: str
+    image: str
+    size: str  # HxW
+
+    def path(self, root: Path) -> Path:
+        return root / self.backend / self.variant / self.weights / self.image / f"{self.size}.npy"
+
+
+def scan(root: Path) -> dict[FeatureKey, Path]:
+    """Every feature file under `root`, keyed by its place in the layout."""
+    if not root.is_dir():
+        raise LsegTrtError(f"feature tree not found: {root}")
+    found = {}
+    for path in sorted(root.glob("*/*/*/*/*.npy")):
+        backend, variant, weights, image = path.relative_to(root).parts[:4]
+        found[FeatureKey(backend, variant, weights, image, path.stem)] = path
+    if not found:
+        raise LsegTrtError(f"no feature files under {root} (expected <backend>/<variant>/<weights>/<image>/<HxW>.npy)")
+    return found
+
+
+def load_features(path: Path, mmap: bool = False) -> np.ndarray:
+    """A (1, C, h, w) float feature map from a .npy file, or one clear error: files in a tree are
+    untrusted (text, pickled objects, empty files, other shapes), and pickles are never loaded."""
+    try:
+        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise LsegTrtError(f"{path} is not a readable .npy feature map: {e}") from None
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in FLOAT_KINDS or array.ndim != 4:
+        kind = getattr(array, "dtype", type(array).__name__)
+        shape = getattr(array, "shape", "?")
+        raise LsegTrtError(f"{path} holds {kind} {shape}, not a float (1, C, h, w) feature map")
+    return array

@@ -1,0 +1,203 @@
+"""Streaming extraction on the tiny network on CPU: inputs, pre-processing, reductions, writers, resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.numpy import load_file
+
+from lseg_trt.backends import parse_backend
+from lseg_trt.backends.torch import TorchRunner
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction import FeatureExtractor, Reduction, extract, fit_pca, open_features, reduction_fidelity
+from lseg_trt.extraction import run as run_module
+from lseg_trt.extraction.preprocess import gpu_vs_pil, network_input
+from lseg_trt.images import preprocess, samples
+from lseg_trt.models import LSeg
+
+SIZE = (64, 96)
+
+
+def _extractor(lseg: LSeg, batch_size: int = 2) -> FeatureExtractor:
+    runner = TorchRunner(lseg.image_encoder, parse_backend("torch"), "cpu")
+    meta = {"variant": lseg.variant, "weights": lseg.weights_name, "weights_sha256": lseg.sha256}
+    return FeatureExtractor(runner, SIZE, lseg.mean, lseg.std, batch_size=batch_size, workers=2, metadata=meta)
+
+
+@pytest.fixture(scope="module")
+def extractor(tiny_vit: LSeg) -> FeatureExtractor:
+    with _extractor(tiny_vit) as ex:
+        yield ex
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """7 photos-ish images in two folders (one stem twice), plus a corrupt and a truncated file."""
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for sub, count in (("cam0", 4), ("cam1", 3)):
+        (root / sub).mkdir()
+        for i in range(count):
+            gradient = np.linspace(0, 255, 90, dtype=np.uint8)[None, :, None]
+            pixels = np.clip(gradient + rng.integers(0, 60, (70, 90, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(root / sub / f"{i:03d}.jpg", quality=90)
+    (root / "cam1" / "broken.jpg").write_bytes(b"not an image at all")
+    good = (root / "cam0" / "000.jpg").read_bytes()
+    (root / "cam1" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    return root
+
+
+def test_stream_skips_bad_files_and_keeps_equal_stems_apart(extractor: FeatureExtractor, folder: Path) -> None:
+    streamed = dict(extractor.stream(folder))
+    assert sorted(streamed) == [f"cam0/{i:03d}" for i in range(4)] + [f"cam1/{i:03d}" for i in range(3)]
+    assert all(f.shape == (32, 32, 48) and f.device.type == "cpu" for f in streamed.values())
+    direct = extractor([folder / "cam1" / "000.jpg", folder / "cam0" / "000.jpg"])
+    torch.testing.assert_close(direct[0], streamed["cam1/000"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(direct[1], streamed["cam0/000"], atol=1e-5, rtol=0)
+    assert not torch.allclose(streamed["cam0/000"], streamed["cam1/000"])
+
+
+def test_inputs_of_every_kind_agree(extractor: FeatureExtractor, folder: Path) -> None:
+    path = folder / "cam0" / "001.jpg"
+    array = np.array(Image.open(path).convert("RGB"))
+    reference = extractor([path])
+    for batch in (
+        [array],
+        [Image.open(path)],
+        torch.from_numpy(array)[None],
+        torch.from_numpy(array).permute(2, 0, 1)[None],
+    ):
+        torch.testing.assert_close(extractor(batch), reference)
+    torch.testing.assert_close(extractor.frame(array), reference)
+
+
+def test_device_preprocessing_matches_pil(extractor: FeatureExtractor) -> None:
+    image = np.array(Image.open(samples()["chelsea"]).convert("RGB"))
+    mean, std = extractor.mean, extractor.std
+    pil = preprocess(image, SIZE, mean, std)
+    torch_path = network_input(torch.from_numpy(image)[None], SIZE, mean, std)
+    assert (pil - torch_path).abs().max() < 0.02  # PIL rounds the resized image to uint8, that is all
+    report = gpu_vs_pil(extractor.runner, {"chelsea": samples()["chelsea"]}, SIZE, mean, std)
+    assert report["chelsea"]["pixel_cosine_mean"] > 0.999
+
+
+def test_reductions_shapes_pca_and_fidelity(extractor: FeatureExtractor, folder: Path) -> None:
+    features = torch.stack([f for _, f in extractor.stream(folder)])
+    assert Reduction("fp32", pool=2).apply(features).shape == (7, 32, 16, 24)
+    pooled = Reduction("fp32", pool=2).apply(features)
+    torch.testing.assert_close(pooled.norm(dim=1), torch.ones(7, 16, 24))
+    full_basis = fit_pca([features], k=32)
+    exact = Reduction("fp32", pca=full_basis)
+    restored = exact.restore(exact.apply(features))
+    assert (restored * features).sum(1).min() > 0.9999  # all components: reconstruction is exact
+    basis = fit_pca([features], k=4)
+    assert Reduction(pca=basis).apply(features).shape == (7, 4, 32, 24 * 2)
+    torch.testing.assert_close(basis.components @ basis.components.T, torch.eye(4), atol=1e-5, rtol=0)
+    text = torch.nn.functional.normalize(torch.randn(5, 32, generator=torch.Generator().manual_seed(0)), dim=1)
+    options = {"fp32": Reduction("fp32"), "fp16": Reduction(), "pca32": exact, "pca4": Reduction(pca=basis)}
+    rows = reduction_fidelity(features, options, text)
+    assert rows["fp32"]["segmentation_agreement"] == 1.0 and rows["fp32"]["pixel_cosine_min"] > 0.99999
+    assert rows["fp16"]["pixel_cosine_min"] > 0.9999
+    assert rows["pca4"]["pixel_cosine_mean"] < rows["pca32"]["pixel_cosine_mean"]
+    assert rows["pca4"]["bytes_per_item"] == 4 * 32 * 48 * 2
+    with pytest.raises(LsegTrtError, match="divisible"):
+        Reduction(pool=5).check((32, 32, 48))
+
+
+@pytest.mark.parametrize("fmt", ["shards", "npy"])
+def test_extract_writes_manifest_and_reads_back(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path, fmt: str
+) -> None:
+    summary = extract(extractor, folder, tmp_path, format=fmt, dtype="fp32", shard_size=3, progress=False)
+    assert summary.done == 7 and not summary.ok
+    assert sorted(name for name, _ in summary.failed) == ["cam1/broken", "cam1/truncated"]
+    features = open_features(tmp_path)
+    streamed = dict(extractor.stream(folder))
+    assert sorted(features) == sorted(streamed)
+    for name, expected in streamed.items():
+        np.testing.assert_allclose(features[name][0], expected.numpy(), atol=1e-5)
+    statuses = {r["name"]: r["status"] for r in features.records}
+    assert statuses["cam1/broken"] == "failed" and len(statuses) == 9
+    assert features.settings["format"] == fmt and features.settings["reduction"]["dtype"] == "fp32"
+    run_dir = tmp_path / "torch" / "tiny_vit" / "random" / f"64x96-{fmt}.run"
+    assert features.run_dir == run_dir and not list(tmp_path.rglob("*.tmp"))
+    if fmt == "npy":  # the seed layout: <out>/<backend>/<variant>/<weights>/<image>/<HxW>.npy
+        matches = list(run_dir.parent.glob("cam0_000__*/64x96.npy"))  # `/` made safe, hashed
+        assert len(matches) == 1 and np.load(matches[0]).shape == (1, 32, 32, 48)
+    else:
+        shard = load_file(run_dir / "shards" / "00000.safetensors")  # readable by the reference library
+        assert sorted(shard) == ["cam0/000", "cam0/001", "cam0/002"]
+        np.testing.assert_array_equal(shard["cam0/001"], features["cam0/001"])
+
+
+def test_reduced_output_and_settings_guard(extractor: FeatureExtractor, folder: Path, tmp_path: Path) -> None:
+    summary = extract(extractor, folder, tmp_path, pool=2, pca=8, shard_size=4, progress=False)
+    features = open_features(summary.run_dir)
+    stored = features["cam0/002"]
+    assert stored.shape == (1, 8, 16, 24) and stored.dtype == np.float16 and features.pca.k == 8
+    restored = Reduction(pool=2, pca=features.pca).restore(torch.from_numpy(np.array(stored)))
+    assert restored.shape == (1, 32, 16, 24)
+    with pytest.raises(LsegTrtError, match="already holds results"):
+        extract(extractor, folder, tmp_path, pool=2, pca=8, shard_size=4, progress=False)
+    with pytest.raises(LsegTrtError, match="settings differ"):
+        extract(extractor, folder, tmp_path, pool=1, pca=8, shard_size=4, progress=False, resume=True)
+    again = extract(extractor, folder, tmp_path, pool=2, pca=8, shard_size=4, progress=False, resume=True)
+    assert again.done == 0 and again.skipped == 9
+
+
+def _shard_bytes(run_dir: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((run_dir / "shards").glob("*.safetensors"))}
+
+
+def test_interrupted_run_resumes_to_the_same_bytes(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = extract(extractor, folder, tmp_path / "whole", shard_size=2, progress=False)
+    real_write = run_module.write_shard_manifest
+    calls = []
+
+    def disk_full_after_first_shard(layout, index, records):  # noqa: ANN001, ANN202
+        calls.append(index)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        real_write(layout, index, records)
+
+    monkeypatch.setattr(run_module, "write_shard_manifest", disk_full_after_first_shard)
+    with pytest.raises(LsegTrtError, match="No space left"):
+        extract(extractor, folder, tmp_path / "cut", shard_size=2, progress=False)
+    monkeypatch.setattr(run_module, "write_shard_manifest", real_write)
+    cut = tmp_path / "cut" / "torch" / "tiny_vit" / "random" / "64x96-shards.run"
+    assert [p.name for p in (cut / "manifest").glob("*.jsonl")] == ["00000.jsonl"]
+    assert not list(cut.rglob("*.tmp"))
+    assert len(open_features(cut)) == 2  # what the manifest vouches for, readable
+    resumed = extract(extractor, folder, tmp_path / "cut", shard_size=2, progress=False, resume=True)
+    assert resumed.skipped == 2 and resumed.done == 5
+    assert _shard_bytes(cut) == _shard_bytes(whole.run_dir)
+    manifests = sorted((cut / "manifest").glob("*.jsonl"))
+    assert [p.read_bytes() for p in manifests] == [
+        p.read_bytes() for p in sorted((whole.run_dir / "manifest").glob("*.jsonl"))
+    ]
+    before = (cut / "shards" / "00000.safetensors").stat().st_mtime_ns
+    forced = extract(extractor, folder, tmp_path / "cut", shard_size=2, progress=False, force=True)
+    assert forced.done == 7 and (cut / "shards" / "00000.safetensors").stat().st_mtime_ns >= before
+    assert _shard_bytes(cut) == _shard_bytes(whole.run_dir)
+
+
+def test_nan_weights_are_recorded_not_written(tiny_vit: LSeg, folder: Path, tmp_path: Path) -> None:
+    broken = copy.deepcopy(tiny_vit)
+    with torch.no_grad():
+        next(broken.image_encoder.parameters()).fill_(float("nan"))
+    with _extractor(broken) as ex:
+        summary = extract(ex, folder / "cam0", tmp_path, progress=False)
+    assert summary.done == 0 and sorted(summary.nonfinite) == [f"{i:03d}" for i in range(4)]
+    records = [
+        json.loads(line) for p in summary.run_dir.glob("manifest/*.jsonl") for line in p.read_text().splitlines()
+    ]
+    assert {r["status"] for r in records} == {"nonfinite"}
+    assert len(open_features(summary.run_dir)) == 0
