@@ -24,7 +24,7 @@ from lseg_trt.extraction.manifest import RunLayout, read_manifest, start_run, wr
 from lseg_trt.extraction.pipeline import STAGES, Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca
 from lseg_trt.extraction.sources import Item, Source, list_items
-from lseg_trt.extraction.writers import Background, ShardWriter, shard_writer
+from lseg_trt.extraction.writers import ShardWriter, WriterPool, shard_writer
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,15 @@ def run_shards(
     *,
     progress: bool = True,
     write_depth: int = 8,
+    write_threads: int = 2,
 ) -> Summary:
-    """Extract and write `shards` in order, decode, compute and writing overlapping; see `Summary`."""
+    """Extract and write `shards` in order, decode, compute and writing overlapping; see `Summary`.
+    Each shard is written by one of `write_threads` threads (a shard's items stay in order)."""
     extractor.activate()
     summary = Summary(output.layout.run_dir)
     timings = Timings()
     lane = Lane(extractor.device, timings)
-    writer = Background(write_depth)
+    writer = WriterPool(write_threads, write_depth)
     states: dict[int, _ShardState] = {}
     created: list[_ShardState] = []
     items = [item for shard in shards for item in shard.items]
@@ -199,7 +201,7 @@ def run_shards(
                 created.append(states[batch.group])
             state = states[batch.group]
             if batch.failed:
-                writer.submit(partial(fail, state, batch.failed))
+                writer.submit(batch.group, partial(fail, state, batch.failed))
             if batch.pixels is not None:
                 pixels, spans = lane.upload(batch.pixels)
                 _, finish = lane.span()
@@ -209,10 +211,10 @@ def run_shards(
                 spans.append(finish())
                 hosts, wait, more = lane.download([stored, finite])
                 blocked = writer.blocked
-                writer.submit(partial(write_batch, state, batch.items, hosts, wait, spans + more))
+                writer.submit(batch.group, partial(write_batch, state, batch.items, hosts, wait, spans + more))
                 timings.add("wait_write", writer.blocked - blocked)
             if batch.last:
-                writer.submit(partial(commit, states.pop(batch.group)))
+                writer.submit(batch.group, partial(commit, states.pop(batch.group)))
             waited = time.perf_counter()
         writer.close()
     except BaseException:
@@ -223,6 +225,7 @@ def run_shards(
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
+    summary.records.sort(key=lambda r: r["shard"])  # shards commit on several threads; keep plan order
     summary.timings = {k: round(v, 4) for k, v in timings.seconds.items() if k in STAGES or v > 0}
     for record in summary.records:
         if record["status"] == "done":
@@ -263,6 +266,33 @@ def fit_run_pca(extractor: FeatureExtractor, items: list[Item], k: int, pool: in
     return fit_pca(grids, k)
 
 
+def prepare_run(
+    extractor: FeatureExtractor,
+    items: list[Item],
+    out: str | Path,
+    *,
+    format: str = "shards",
+    dtype: str = "fp16",
+    pool: int = 1,
+    pca: int | None = None,
+    shard_size: int = 64,
+    resume: bool = False,
+    force: bool = False,
+) -> RunOutput:
+    """The reduction (fitting or reloading the PCA basis over all `items`) and the opened run folder:
+    done once, by whoever coordinates a run, before any shard is written."""
+    basis = None
+    if pca is not None:
+        meta = extractor.metadata
+        layout = RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+        reusable = resume and layout.pca_path.exists()
+        basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, pca, pool)
+    reduction = Reduction(dtype, pool, basis)
+    return open_run(
+        extractor, out, format=format, reduction=reduction, shard_size=shard_size, resume=resume, force=force
+    )
+
+
 def extract(
     extractor: FeatureExtractor,
     source: Source,
@@ -291,16 +321,10 @@ def extract(
     extractor.activate()
     items = list_items(source)
     shards = plan_shards(items, shard_size)
-    basis = None
-    if pca is not None:
-        meta = extractor.metadata
-        layout = RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
-        reusable = resume and layout.pca_path.exists()
-        basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, pca, pool)
-    reduction = Reduction(dtype, pool, basis)
-    output = open_run(
-        extractor, out, format=format, reduction=reduction, shard_size=shard_size, resume=resume, force=force
-    )
+    output = prepare_run(
+        extractor, items, out, format=format, dtype=dtype, pool=pool, pca=pca, shard_size=shard_size,
+        resume=resume, force=force,
+    )  # fmt: skip
     todo = pending_shards(shards, output) if resume else shards
     summary = run_shards(extractor, todo, output, progress=progress)
     summary.skipped = len(items) - sum(len(s.items) for s in todo)

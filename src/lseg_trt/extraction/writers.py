@@ -192,3 +192,33 @@ def shard_writer(
     if layout.format == "npy":
         return NpyShardWriter(layout, index, items)
     return SafetensorsShardWriter(layout, index, items, shape, dtype, metadata)
+
+
+class WriterPool:
+    """Several `Background` writers; all tasks of one key (a shard) go to the same thread, in order, so a
+    shard's file is appended sequentially while the next shard is already written beside it. One thread
+    could not keep up with an NVMe disk: the numpy conversions and copies of 5 MB items are CPU work."""
+
+    def __init__(self, threads: int, depth: int) -> None:
+        self.writers = [Background(depth, name=f"lseg-trt-writer-{i}") for i in range(max(1, threads))]
+
+    @property
+    def blocked(self) -> float:
+        return sum(w.blocked for w in self.writers)
+
+    def submit(self, key: int, task: Callable[[], None]) -> None:
+        self.writers[key % len(self.writers)].submit(task)
+
+    def cancel(self) -> None:
+        for writer in self.writers:
+            writer.cancel()
+
+    def close(self) -> None:
+        errors = []
+        for writer in self.writers:
+            try:
+                writer.close()
+            except BaseException as e:  # noqa: BLE001 - close every thread, then raise the first error
+                errors.append(e)
+        if errors:
+            raise errors[0]
