@@ -23,6 +23,9 @@ from lseg_trt.tolerances import TOLERANCES
 SHAPE = (1, 3, 64, 64)
 
 
+pytestmark = pytest.mark.slow  # two Inductor compiles on the CPU (~40 s)
+
+
 def _runner(lseg: LSeg, cache: Path) -> AotiRunner:
     runner = make_runner(parse_backend("torch-aoti-fp32"), lseg, "cpu", cache)
     assert isinstance(runner, AotiRunner)

@@ -22,7 +22,15 @@ def batch() -> torch.Tensor:
 
 
 @pytest.mark.parametrize(
-    "backend", ["torch", "torch-fp16", "torch-bf16", "torch-compile", "onnxruntime", "onnxruntime-fp16"]
+    "backend",
+    [
+        "torch",
+        "torch-fp16",
+        "torch-bf16",
+        pytest.param("torch-compile", marks=pytest.mark.slow),  # an Inductor compile on the CPU (~25 s)
+        "onnxruntime",
+        "onnxruntime-fp16",
+    ],
 )
 def test_runner_matches_torch_fp32(tiny: LSeg, backend: str, batch: torch.Tensor, tmp_path: Path) -> None:
     spec = parse_backend(backend)
