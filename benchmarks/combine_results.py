@@ -1,8 +1,8 @@
 """Merge the JSON of several `lseg-trt bench` runs into one result set (JSON, CSV-free MD, PNG).
 
 Usage: python benchmarks/combine_results.py OUT_STEM MAIN.json [MORE.json ...]
-Rows measured on the CPU beside GPU rows are labelled `<backend>@cpu`. The first file's machine record and bf16 GEMM ceiling head the report; every part's command and
-ceiling are kept in the JSON under `parts`.
+Rows measured on the CPU beside GPU rows are labelled `<backend>@cpu`. The first file's machine record and
+bf16 GEMM ceiling head the report; every part's command and ceiling are kept in the JSON under `parts`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ import importlib.util
 import json
 import logging
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -49,6 +48,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from lseg_trt import hwinfo
 
 SECTIONS = ("ceiling", "attention", "baseline", "aoti", "overhead", "coldstart", "candidates")
 BASELINE_FAST = "torch-compile-fp16+graph"
@@ -218,7 +219,7 @@ class Bench:
         return time.perf_counter() - started
 
     def timing(self, runner: Any, case: Case) -> dict[str, Any]:
-        from lseg_trt.bench import BenchSettings, _statistics, forward_flops, time_runner
+        from lseg_trt.bench import BenchSettings, forward_flops, statistics_of, time_runner
 
         settings = BenchSettings(
             sizes=((case.height, case.width),),
@@ -227,7 +228,7 @@ class Bench:
             warmup=self.args.warmup,
             device=str(self.device),
         )
-        stats = _statistics(time_runner(runner, case.shape, settings))
+        stats = statistics_of(time_runner(runner, case.shape, settings))
         median = stats["median_ms"]
         flops = forward_flops(case.variant, case.batch, case.height, case.width)
         tflops = flops / (median * 1e-3) / 1e12
@@ -351,23 +352,10 @@ def attention(bench: Bench) -> None:
 
 
 def _time_call(bench: Bench, fn: Callable[[], Any], iterations: int) -> float:
-    """Median ms of `fn` (CUDA events per call on a GPU, perf_counter on a CPU), after 3 warm-ups."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(iterations):
-        if bench.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        else:
-            started = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+    """Median ms of `fn` (lseg_trt.bench.time_ms: CUDA events on a GPU), after 3 warm-ups."""
+    from lseg_trt.bench import time_ms
+
+    return statistics.median(time_ms(lambda _: fn(), bench.device, iterations, warmup=3))
 
 
 def baseline(bench: Bench, case: Case) -> None:
@@ -649,22 +637,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def machine(device: torch.device) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info["gpu"] = props.name
-        info["compute_capability"] = f"{props.major}.{props.minor}"
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
@@ -675,7 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         child_main(args)
         return 0
     torch.backends.cudnn.benchmark = args.device.startswith("cuda")
-    results = Results(args.out, {**machine(torch.device(args.device)), "args": " ".join(sys.argv[1:])})
+    results = Results(args.out, {"device": args.device, "args": " ".join(sys.argv[1:]), "machine": hwinfo.collect()})
     bench = Bench(args, results)
     for section, label, cost, action in tasks(bench):
         if section not in args.only and section != "ceiling":  # every share needs the same run's ceiling

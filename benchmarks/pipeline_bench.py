@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 
 import lseg_trt
+from lseg_trt import hwinfo
 from lseg_trt.extraction import FeatureExtractor, Reduction, extract, fit_pca, reduction_fidelity
 from lseg_trt.extraction.preprocess import gpu_vs_pil
 from lseg_trt.images import samples
@@ -78,6 +78,8 @@ def device_only(extractor: FeatureExtractor, seconds: float) -> tuple[float, flo
 
 
 def latency(fn, device: torch.device, repeats: int = 30) -> float:  # noqa: ANN001
+    """Median ms of `fn` until its results are ready on the host clock: what a camera loop waits (device
+    events, as in `lseg_trt.bench.time_ms`, would leave out the host's own work)."""
     for _ in range(3):
         fn()
     synchronize(device)
@@ -142,8 +144,7 @@ def main() -> None:
         device=ns.device, cache_dir=ns.cache, workers=ns.workers,
     )  # fmt: skip
     result: dict = {
-        "machine": {"host": platform.node(), "cpus": os.cpu_count(), "torch": torch.__version__,
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "machine": hwinfo.collect(),
         "lseg_trt": lseg_trt.__version__,
         "settings": {"variant": ns.variant, "weights": ns.weights, "backend": ns.backend, "size": list(size),
                      "batch": ns.batch, "frames": ns.frames, "frame_size": [720, 1280], "workers": ns.workers,
@@ -201,8 +202,8 @@ def render(r: dict) -> str:
         f"# Extraction pipeline: {s['variant']} ({s['weights']}), {s['backend']}, {s['size'][0]}x{s['size'][1]}, "
         f"batch {s['batch']}, {s['frames']} 1280x720 JPEG frames, {s['workers']} decode workers",
         "",
-        f"Machine: {r['machine']['gpu'] or 'CPU'} on {r['machine']['host']} ({r['machine']['cpus']} CPUs), "
-        f"torch {r['machine']['torch']}, lseg-trt {r['lseg_trt']}",
+        f"Machine: {', '.join(g['name'] for g in r['machine']['gpus']) or 'CPU'} on {r['machine']['host']} "
+        f"({r['machine']['cpu_cores']} CPUs), torch {r['machine']['packages']['torch']}, lseg-trt {r['lseg_trt']}",
         "",
         "| path | images/s | share of device-only |",
         "|---|---|---|",

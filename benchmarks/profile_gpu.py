@@ -14,9 +14,9 @@ from collections import defaultdict
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lseg_trt.models import load_lseg
 from lseg_trt.backends import parse_backend
 from lseg_trt.backends.torch import TorchRunner
+from lseg_trt.models import load_lseg
 
 CLASSES = (
     ("attention", ("flash", "fmha", "attention", "attn")),
@@ -24,7 +24,10 @@ CLASSES = (
     ("convolution", ("conv", "implicit", "fprop", "dgrad", "winograd", "cudnn")),
     ("resize / interpolation", ("upsample", "interp", "bilinear")),
     ("copy / cast / layout", ("copy", "cast", "transpose", "nchw", "nhwc", "permute", "cat")),
-    ("norm / elementwise / reduce", ("norm", "elementwise", "reduce", "gelu", "relu", "add", "mul", "triton", "vectorized")),
+    (
+        "norm / elementwise / reduce",
+        ("norm", "elementwise", "reduce", "gelu", "relu", "add", "mul", "triton", "vectorized"),
+    ),
 )
 
 

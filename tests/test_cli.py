@@ -83,9 +83,7 @@ def test_unwritable_out_is_refused_before_measuring(cli, tmp_path: Path) -> None
     assert a_file.read_text() == "keep me"
     folder = tmp_path / "folder.png"
     folder.mkdir()
-    _no_traceback_one_line(
-        cli("segment", "--variant", "tiny_vit", "--image", "x.png", "--out", folder), "is a folder"
-    )
+    _no_traceback_one_line(cli("segment", "--variant", "tiny_vit", "--image", "x.png", "--out", folder), "is a folder")
 
 
 def test_export_then_build(cli, tmp_path: Path) -> None:  # noqa: ANN001

@@ -98,7 +98,8 @@ def forward_flops(variant: str, batch: int, height: int, width: int) -> int:
     return int(counter.get_total_flops())
 
 
-def _statistics(times_ms: list[float]) -> dict[str, float]:
+def statistics_of(times_ms: list[float]) -> dict[str, float]:
+    """Mean, sample std, median, p90, p99 and min of per-iteration milliseconds."""
     t = np.asarray(times_ms, dtype=np.float64)
     return {
         "mean_ms": float(t.mean()),
@@ -137,14 +138,20 @@ def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: Benc
         else:
             runner.infer(inputs[i % INPUT_POOL])
 
-    for i in range(settings.warmup):
+    return time_ms(step, device, settings.iterations, settings.warmup)
+
+
+def time_ms(step: Callable[[int], object], device: torch.device, iterations: int, warmup: int = 1) -> list[float]:
+    """Milliseconds of each of `iterations` calls `step(i)` after `warmup` discarded ones: CUDA events
+    around each call on a GPU (device time, no host clock), `time.perf_counter` on a CPU. Peak memory
+    statistics are reset after the warm-up, so cuDNN's autotuning workspaces are not counted."""
+    for i in range(warmup):
         step(i)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)  # after warm-up: cuDNN autotuning workspaces are not the model's
+        torch.cuda.reset_peak_memory_stats(device)
         events = [
-            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-            for _ in range(settings.iterations)
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iterations)
         ]
         for i, (start, end) in enumerate(events):
             start.record()
@@ -153,7 +160,7 @@ def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: Benc
         torch.cuda.synchronize(device)
         return [start.elapsed_time(end) for start, end in events]
     times = []
-    for i in range(settings.iterations):
+    for i in range(iterations):
         started = time.perf_counter()
         step(i)
         times.append((time.perf_counter() - started) * 1000)
@@ -235,7 +242,7 @@ def _measure(
         row.status = "oom" if is_oom(e) else f"error: {str(e).splitlines()[0][:200]}"
         log.warning("%s %s: %s", runner.name, row.size, row.status)
         return row
-    for key, value in _statistics(times).items():
+    for key, value in statistics_of(times).items():
         setattr(row, key, value)
     row.iterations = len(times)
     row.throughput_ips = shape[0] * 1000 / row.median_ms

@@ -31,7 +31,7 @@ class Command:
 # command family modules, each with a COMMANDS dict; the order here is the order in --help
 FAMILIES = (
     "lseg_trt.cli.extract",
-    "lseg_trt.cli.features",
+    "lseg_trt.cli.compare",
     "lseg_trt.cli.measure",
     "lseg_trt.cli.demos",
     "lseg_trt.cli.models",

@@ -6,16 +6,7 @@ import argparse
 import sys
 
 from lseg_trt.cli import Command
-from lseg_trt.cli.args import (
-    Parser,
-    add_device_args,
-    add_weights_args,
-    device_from_args,
-    out_dir_from,
-    positive_int,
-    sizes_from,
-    source_from_args,
-)
+from lseg_trt.cli.args import Parser, out_dir_from
 
 
 def run_compare(ns: argparse.Namespace) -> int:
@@ -47,7 +38,7 @@ def run_compare(ns: argparse.Namespace) -> int:
 
 
 def _compare_args(p: Parser) -> None:
-    p.add_argument("--tree", default="outputs/feature_maps", help="root written by extract [%(default)s]")
+    p.add_argument("--tree", default="outputs/features", help="root written by `extract --format npy` [%(default)s]")
     p.add_argument("--by", choices=("backends", "checkpoints", "sizes"), default="backends")
     p.add_argument("--reference", default="torch", help="reference backend for --by backends [%(default)s]")
     p.add_argument("--out", default="outputs/compare", help="report folder [%(default)s]")
