@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lseg_trt import LsegTrtError
-from lseg_trt.images import list_images, load_image, load_rgb_array, preprocess, samples
+from lseg_trt.images import load_image, load_rgb_array, preprocess, samples
 from lseg_trt.models import LSeg
 
 
@@ -50,9 +50,6 @@ def test_bad_images(tmp_path: Path, tiny_vit: LSeg) -> None:
         load_image(tmp_path / "broken.png")
     with pytest.raises(ValueError, match="nearest"):
         tiny_vit.preprocess(samples()["chelsea"], (100, 100))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(LsegTrtError, match="no images"):
-        list_images([tmp_path / "empty"])
 
 
 def _png_header_claiming(width: int, height: int) -> bytes:

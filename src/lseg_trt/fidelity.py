@@ -36,6 +36,11 @@ DEFAULTS = {  # per device kind: what a plain `lseg-trt fidelity` checks
 }
 
 
+def defaults_for(device: str) -> dict[str, Any]:
+    """The sizes and backends a plain `fidelity` checks on this kind of device."""
+    return DEFAULTS["cuda" if str(device).startswith("cuda") else "cpu"]
+
+
 @contextlib.contextmanager
 def strict_fp32() -> Iterator[None]:
     """A float32 reference means float32: PyTorch lets cuDNN use TF32 for convolutions by default."""

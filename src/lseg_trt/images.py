@@ -124,19 +124,6 @@ def _rgb_from_array(array: np.ndarray) -> np.ndarray:
     return np.array(np.broadcast_to(scaled, (*scaled.shape[:2], 3)), dtype=np.uint8, order="C")
 
 
-def list_images(paths: list[str | Path]) -> list[Path]:
-    """Expand directories to their image files (sorted); files are kept as given."""
-    found: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found.extend(sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(p)
-    if not found:
-        raise LsegTrtError(f"no images found in {', '.join(map(str, paths))}")
-    return found
-
-
 def default_size(image: Image.Image, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
     """The image's own (H, W), each rounded to the nearest valid multiple."""
     return tuple(max(multiple, round(n / multiple) * multiple) for n in (image.height, image.width))  # type: ignore[return-value]

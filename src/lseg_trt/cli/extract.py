@@ -8,6 +8,7 @@ run still completes and says which), 2 for a user error before anything is writt
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from lseg_trt.cli import Command
 from lseg_trt.cli.args import (
@@ -25,27 +26,102 @@ from lseg_trt.cli.args import (
 
 def run_extract(ns: argparse.Namespace) -> int:
     from lseg_trt.errors import LsegTrtError
-    from lseg_trt.extraction import FeatureExtractor, extract
+    from lseg_trt.extraction import FeatureExtractor, extract, list_items
+    from lseg_trt.extraction.partition import Task, parse_task
 
     if ns.resume and ns.force:
         raise LsegTrtError("--resume and --force exclude each other")
-    device = device_from_args(ns)
+    if ns.devices is not None and ns.ray is not None:
+        raise LsegTrtError("--devices and --ray exclude each other: Ray places its actors itself")
+    task = parse_task(ns.shard) if ns.shard else Task()
+    if task.count > 1 and ns.force:
+        raise LsegTrtError("--force with --shard K/N would remove other tasks' results; each task rewrites its own")
+    if task.count > 1 and ns.pca:
+        raise LsegTrtError("--pca with --shard K/N: tasks would fit different bases; use --devices or --ray")
+    scaled = task.count > 1 or ns.devices is not None or ns.ray is not None
+    devices = _devices(ns.devices) if ns.devices is not None else None
+    device = devices[0] if devices else device_from_args(ns)
     sizes = sizes_from(ns.sizes)
     out = out_dir_from(ns.out)
+    if ns.ray is not None:  # before anything is loaded or written: a wrong address fails in seconds
+        from lseg_trt.extraction.ray_data import connect
+
+        connect(None if ns.ray == "local" else ns.ray)
     source = source_from_args(ns)
+    items = list_items(ns.images) if scaled else None
     ok = True
     for size in sizes:
         extractor = FeatureExtractor.from_source(
             source, ns.backend, size, batch_size=ns.batch, device=device, cache_dir=ns.cache, workers=ns.workers
         )
         with extractor:
-            summary = extract(
-                extractor, ns.images, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
-                shard_size=ns.shard_size, resume=ns.resume, force=ns.force,
-            )  # fmt: skip
+            if scaled:
+                summary = _scaled_run(ns, extractor, items, out, task, devices)
+            else:
+                summary = extract(
+                    extractor, ns.images, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
+                    shard_size=ns.shard_size, resume=ns.resume, force=ns.force,
+                )  # fmt: skip
         print(summary.describe())
         ok = ok and summary.ok
     return 0 if ok else 1
+
+
+def _devices(text: str) -> list[str]:
+    from lseg_trt.extraction.multi_gpu import parse_devices
+
+    return parse_devices(text)
+
+
+def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devices: list[str] | None):  # noqa: ANN001, ANN202
+    """One size of a `--shard`, `--devices` or `--ray` run: this process opens the run and plans the
+    shards; with `--devices` or `--ray` the model is released here before the workers load theirs."""
+    import torch
+
+    from lseg_trt.extraction.multi_gpu import ExtractorSpec, run_devices
+    from lseg_trt.extraction.partition import plan_task
+    from lseg_trt.extraction.run import pending_shards, prepare_run, run_shards
+
+    joined = task.count > 1  # tasks of one run share its folder: join it, never wipe it
+    output = prepare_run(
+        extractor, items, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
+        shard_size=ns.shard_size, resume=ns.resume or joined, force=ns.force,
+    )  # fmt: skip
+    shards = plan_task(items, ns.shard_size, task)
+    todo = pending_shards(shards, output) if ns.resume else shards
+    if devices is None and ns.ray is None:
+        summary = run_shards(extractor, todo, output)
+    else:
+        extractor.deactivate()
+        weights = ns.weights or (None if ns.onnx or ns.engine else "random")
+        spec = ExtractorSpec(
+            weights, ns.onnx, ns.engine, ns.variant, ns.backend, extractor.size, ns.batch, ns.cache, ns.workers,
+            cpu_threads=torch.get_num_threads(),
+        )  # fmt: skip
+        if devices is not None:
+            summary = run_devices(spec, devices, todo, output)
+        else:
+            from lseg_trt.extraction.ray_data import run_ray
+
+            summary = run_ray(spec, todo, output, actors=ns.actors)
+    summary.skipped = sum(len(s.items) for s in shards) - sum(len(s.items) for s in todo)
+    return summary
+
+
+def run_manifest(ns: argparse.Namespace) -> int:
+    from lseg_trt.errors import LsegTrtError
+    from lseg_trt.extraction import list_items
+    from lseg_trt.extraction.partition import check_runs, merge_runs
+
+    runs = [Path(r) for r in ns.runs]
+    if ns.action == "merge":
+        if not ns.out:
+            raise LsegTrtError("manifest merge needs --out ROOT (the merged run folder goes under it)")
+        check = merge_runs(runs, out_dir_from(ns.out))
+    else:
+        check = check_runs(runs, list_items(ns.images) if ns.images else None)
+    print(check.describe())
+    return 0 if check.ok else 1
 
 
 def _extract_args(p: Parser) -> None:
@@ -74,8 +150,25 @@ def _extract_args(p: Parser) -> None:
     p.add_argument("--force", action="store_true", help="redo an existing run folder")
     p.add_argument("--out", default="outputs/features", help="output root [%(default)s]")
     add_device_args(p)
+    scale = p.add_argument_group("scale-out", "the same files as a one-GPU run, written by several processes")
+    scale.add_argument(
+        "--shard", metavar="K/N", help="do task K of N (SLURM array, Kubernetes indexed job): items by sha1 of name"
+    )
+    scale.add_argument("--devices", help="one worker process per device: all, or e.g. cuda:0,cuda:1")
+    scale.add_argument(
+        "--ray", nargs="?", const="local", metavar="ADDRESS", help="run on Ray actors (ADDRESS, or a local instance)"
+    )
+    scale.add_argument("--actors", type=positive_int, default=None, help="Ray actors [one per GPU, else 2]")
+
+
+def _manifest_args(p: Parser) -> None:
+    p.add_argument("action", choices=("check", "merge"), help="check: nothing missing or twice; merge: into --out")
+    p.add_argument("runs", nargs="+", help="run folders (<HxW>-<format>.run) of the tasks of one run")
+    p.add_argument("--images", nargs="+", help="the run's input, to find missing items (check)")
+    p.add_argument("--out", help="output root of the merged run (merge)")
 
 
 COMMANDS = {
-    "extract": Command("features of images to disk: sharded or per-image, resumable", _extract_args, run_extract)
+    "extract": Command("features of images to disk: sharded or per-image, resumable", _extract_args, run_extract),
+    "manifest": Command("check or merge the run folders of --shard tasks", _manifest_args, run_manifest),
 }

@@ -66,13 +66,13 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     from lseg_trt import hwinfo
     from lseg_trt.compare import markdown
     from lseg_trt.errors import LsegTrtError
-    from lseg_trt.fidelity import DEFAULTS, report_record, run_fidelity
+    from lseg_trt.fidelity import defaults_for, report_record, run_fidelity
     from lseg_trt.images import samples
     from lseg_trt.models import load_lseg
     from lseg_trt.reports import write_report
 
     device = device_from_args(ns)
-    defaults = DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
+    defaults = defaults_for(device)
     sizes = sizes_from(ns.sizes) if ns.sizes else list(defaults["sizes"])
     backends = [s.name for s in backends_from_args(ns, defaults["backends"])]
     sources = weight_sources_from_args(ns)

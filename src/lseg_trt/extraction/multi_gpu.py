@@ -1,0 +1,162 @@
+"""`--devices all`: one worker process per GPU of a host, writing the files a one-GPU run writes.
+
+The parent lists the items, plans the shards and opens the run folder (run.json, PCA basis) once;
+worker w of n builds its own `FeatureExtractor` on its device and runs shards j with j % n == w.
+Shards are fixed slices of the sorted items and every shard is written atomically with its manifest
+last, so the result does not depend on how many workers ran it, and a worker that dies leaves only
+complete shards: the parent names its device, and `--resume` does the rest.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.extractor import FeatureExtractor, default_workers
+from lseg_trt.extraction.manifest import read_manifest
+from lseg_trt.extraction.run import RunOutput, ShardSpec, Summary, run_shards
+
+log = logging.getLogger(__name__)
+
+# Fault injection for tests and drills: a path; the first worker (or Ray actor) to reach the end of a
+# shard while it does not exist creates it and exits at once, as a crashed or pre-empted worker would.
+FAIL_ONCE_ENV = "LSEG_TRT_FAIL_ONCE"
+
+
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """How to build the same `FeatureExtractor` in another process (picklable, unlike a loaded model)."""
+
+    weights: str | None = None
+    onnx: str | None = None
+    engine: str | None = None
+    variant: str | None = None
+    backend: str | None = None
+    size: tuple[int, int] = (480, 640)
+    batch_size: int = 8
+    cache_dir: str = "models"
+    workers: int = default_workers()
+    # torch threads of a CPU worker: CPU results depend on the thread count, so the coordinator passes its
+    # own to give a one-process run's bytes (Ray would otherwise pin an actor to its `num_cpus`)
+    cpu_threads: int | None = None
+
+    def build(self, device: str) -> FeatureExtractor:
+        if device == "cpu" and self.cpu_threads:
+            import torch
+
+            torch.set_num_threads(self.cpu_threads)
+        return FeatureExtractor.open(
+            weights=self.weights, onnx=self.onnx, engine=self.engine, variant=self.variant, backend=self.backend,
+            size=self.size, batch_size=self.batch_size, device=device, cache_dir=self.cache_dir, workers=self.workers,
+        )  # fmt: skip
+
+
+def parse_devices(text: str) -> list[str]:
+    """`all`, or a comma list of `cuda:N` / `cpu` (cpu may repeat: several CPU workers, for tests)."""
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if text.strip() == "all":
+        if count == 0:
+            raise LsegTrtError("--devices all: this machine has no CUDA GPU (use --devices cpu)")
+        return [f"cuda:{i}" for i in range(count)]
+    devices = []
+    for name in (part.strip() for part in text.split(",")):
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise LsegTrtError(f"--devices: unknown device {name!r}; use all, cpu or cuda:N") from None
+        if device.type == "cpu":
+            devices.append("cpu")
+            continue
+        if device.type != "cuda":
+            raise LsegTrtError(f"--devices: {name!r} is not supported; use all, cpu or cuda:N")
+        index = device.index or 0
+        if index >= count:
+            raise LsegTrtError(f"--devices {name}: this machine has {count} CUDA GPU(s)")
+        devices.append(f"cuda:{index}")
+    gpus = [d for d in devices if d != "cpu"]
+    if len(set(gpus)) != len(gpus):
+        raise LsegTrtError(f"--devices {text}: a GPU is named twice")
+    return devices
+
+
+def fail_once_here() -> None:
+    """Exit this process without cleanup, once per marker file named by `LSEG_TRT_FAIL_ONCE`."""
+    marker = os.environ.get(FAIL_ONCE_ENV)
+    if not marker:
+        return
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.close(fd)
+    log.warning("%s: exiting on purpose", FAIL_ONCE_ENV)
+    os._exit(17)
+
+
+def _worker(spec: ExtractorSpec, name: str, shards: list[ShardSpec], output: RunOutput, results) -> None:  # noqa: ANN001
+    with spec.build(name.split()[-1]) as extractor:
+        start = time.perf_counter()
+        # with fault injection, the first shard runs alone so that the exit comes between two shards
+        parts = [shards[:1], shards[1:]] if os.environ.get(FAIL_ONCE_ENV) else [shards]
+        done = 0
+        for part in parts:
+            if part:
+                done += run_shards(extractor, part, output, progress=False).done
+                fail_once_here()
+        results.put((name, time.perf_counter() - start))
+
+
+def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec], output: RunOutput) -> Summary:
+    """Run `shards` on one worker process per device (shard j on worker j % n); see the module doc.
+
+    The summary's records come from the manifests the workers wrote; `timings` holds each worker's
+    seconds after its model is loaded and warm, as `worker<w> <device>`. Devices left without a shard
+    start no process.
+    """
+    import torch.multiprocessing as mp
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    start = time.perf_counter()
+    processes = {}
+    for w, device in enumerate(devices):
+        part, name = shards[w :: len(devices)], f"worker{w} {device}"
+        if part:
+            processes[name] = context.Process(target=_worker, args=(spec, name, part, output, results))
+            processes[name].start()
+    log.info("%d shards on %d worker(s): %s", len(shards), len(processes), ", ".join(processes))
+    for process in processes.values():
+        process.join()
+    summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
+    while not results.empty():
+        name, seconds = results.get()
+        summary.timings[name] = round(seconds, 4)
+    dead = [(name.split()[-1], p.exitcode) for name, p in processes.items() if p.exitcode != 0]
+    if dead:
+        named = ", ".join(f"{device} (exit code {code})" for device, code in dead)
+        raise LsegTrtError(f"worker on {named} died; finished shards are kept: rerun with --resume to complete")
+    return summary_from_manifests(summary, shards, output.layout.run_dir)
+
+
+def summary_from_manifests(summary: Summary, shards: list[ShardSpec], run_dir: Path) -> Summary:
+    """Fill `summary` from the manifests of `shards`: what other processes did, as recorded on disk."""
+    finished = read_manifest(run_dir)
+    missing = [s.index for s in shards if s.index not in finished]
+    if missing:
+        raise LsegTrtError(f"shards {missing[:10]} have no manifest after the run; rerun with --resume")
+    for shard in shards:
+        for record in finished[shard.index]:
+            summary.records.append(record)
+            if record["status"] == "done":
+                summary.done += 1
+            elif record["status"] == "failed":
+                summary.failed.append((record["name"], record.get("reason", "")))
+            else:
+                summary.nonfinite.append(record["name"])
+    return summary

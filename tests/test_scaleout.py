@@ -1,0 +1,214 @@
+"""Scale-out on CPU with the tiny network: `--shard K/N` tasks, `--devices cpu,cpu` worker processes and
+Ray actors must write exactly what a one-process run writes, survive a dead worker, and refuse bad input."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.numpy import load_file
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction import list_items, plan_shards
+from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, parse_devices
+from lseg_trt.extraction.partition import Task, check_runs, parse_task, plan_task, task_of
+
+RUN = Path("torch/tiny_vit/tiny_vit/64x96-shards.run")
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("frames")
+    rng = np.random.default_rng(1)
+    for i in range(9):
+        Image.fromarray(rng.integers(0, 255, (40, 60, 3), dtype=np.uint8)).save(root / f"f{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def args(tiny_vit_ckpt: Path, images: Path) -> Callable[..., list[str]]:
+    def make(out: Path, *extra: str) -> list[str]:
+        common = ["--weights", tiny_vit_ckpt, "--images", images, "--sizes", "64x96", "--batch", "2"]
+        return ["extract", *common, "--workers", "1", "--shard-size", "2", "--out", out, *extra]
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def plain(tiny_vit_ckpt: Path, images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-process run: what every scale-out must reproduce."""
+    from lseg_trt.cli import main
+
+    out = tmp_path_factory.mktemp("plain")
+    common = ["--weights", tiny_vit_ckpt, "--images", images, "--sizes", "64x96", "--batch", "2", "--workers", "1"]
+    assert main([str(a) for a in ["extract", *common, "--shard-size", "2", "--out", out, "--device", "cpu"]]) == 0
+    return out / RUN
+
+
+def _files(run_dir: Path) -> dict[str, bytes]:
+    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
+
+
+def _features(run_dir: Path) -> dict[str, bytes]:
+    found: dict[str, bytes] = {}
+    for path in sorted((run_dir / "shards").glob("*.safetensors")):
+        for name, array in load_file(path).items():
+            assert name not in found
+            found[name] = array.tobytes()
+    return found
+
+
+# ---- partition ---------------------------------------------------------------------------------------
+
+
+def test_task_parsing_and_stable_partition(images: Path) -> None:
+    assert parse_task(" 2/4 ") == Task(2, 4)
+    for bad in ("4/4", "-1/4", "1/0", "x", "1/2/3", "a/b", ""):
+        with pytest.raises(LsegTrtError):
+            parse_task(bad)
+    names = [f"cam{c}/{i:06d}" for c in range(3) for i in range(200)]
+    before = {n: task_of(n, 4) for n in names}
+    more = names + [f"cam9/{i:06d}" for i in range(50)]
+    assert {n: task_of(n, 4) for n in more if n in before} == before  # adding files moves nothing
+    assert all(100 < sum(t == k for t in before.values()) < 200 for k in range(4))  # roughly even
+    items = list_items(images)
+    assert plan_task(items, 2) == plan_shards(items, 2)  # one task is a plain run
+    plans = [plan_task(items, 2, Task(k, 3)) for k in range(3)]
+    indices = [s.index for plan in plans for s in plan]
+    assert len(indices) == len(set(indices))
+    assert sorted(i.name for plan in plans for s in plan for i in s.items) == [i.name for i in items]
+
+
+def test_shard_tasks_check_and_merge(
+    cli: Callable[..., Any], args: Callable[..., list[str]], plain: Path, images: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    for k in range(3):
+        result = cli(*args(shared, "--shard", f"{k}/3", "--device", "cpu"))
+        assert result.returncode == 0, result.stderr
+        if k == 0:
+            assert not check_runs([shared / RUN], list_items(images)).ok  # tasks 1, 2 still missing
+    assert check_runs([shared / RUN], list_items(images)).ok
+    assert _features(shared / RUN) == _features(plain)
+    assert cli("manifest", "check", shared / RUN, "--images", images).returncode == 0
+
+    # tasks writing to their own roots, merged into one run folder
+    parts = [tmp_path / f"task{k}" for k in range(2)]
+    for k, part in enumerate(parts):
+        assert cli(*args(part, "--shard", f"{k}/2", "--device", "cpu")).returncode == 0
+    merged = tmp_path / "merged"
+    result = cli("manifest", "merge", *[p / RUN for p in parts], "--out", merged)
+    assert result.returncode == 0, result.stderr
+    assert _features(merged / RUN) == _features(plain)
+    assert cli("manifest", "check", merged / RUN, "--images", images).returncode == 0
+
+    # refused, nothing touched: the same task twice, a different size, a bad --shard
+    before = _files(merged / RUN)
+    twice = cli("manifest", "merge", parts[0] / RUN, parts[0] / RUN, "--out", tmp_path / "m2")
+    assert twice.returncode == 2 and "twice" in twice.stderr and not (tmp_path / "m2" / "torch").exists()
+    other = tmp_path / "other"
+    assert cli(*args(other, "--shard", "1/2", "--device", "cpu", "--sizes", "32x64")).returncode == 0
+    other_run = other / "torch/tiny_vit/tiny_vit/32x64-shards.run"
+    mixed = cli("manifest", "merge", parts[0] / RUN, other_run, "--out", merged)
+    assert mixed.returncode == 2 and "different runs" in mixed.stderr and "size" in mixed.stderr
+    assert _files(merged / RUN) == before
+    for bad in ("2/2", "1of2"):
+        result = cli(*args(tmp_path / "bad", "--shard", bad, "--device", "cpu"))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+# ---- several worker processes ------------------------------------------------------------------------
+
+
+def test_devices_parsing() -> None:
+    assert parse_devices("cpu,cpu") == ["cpu", "cpu"]
+    for bad in ("cuda:7", "tpu:0", "cpu,bogus"):
+        with pytest.raises(LsegTrtError):
+            parse_devices(bad)
+
+
+def test_worker_processes_match_one_process_and_resume_after_a_death(
+    cli: Callable[..., Any],
+    args: Callable[..., list[str]],
+    plain: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one of two workers dies after its first shard; the resume runs the rest on two workers again
+    dying = tmp_path / "dying"
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "died-once"))
+    died = cli(*args(dying, "--devices", "cpu,cpu"))
+    assert died.returncode == 2 and "worker on cpu (exit code 17) died" in died.stderr
+    assert 0 < len(list((dying / RUN / "manifest").glob("*.jsonl"))) < 5
+    resumed = cli(*args(dying, "--devices", "cpu,cpu", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert _files(dying / RUN) == _files(plain)
+
+    missing = cli(*args(tmp_path / "x", "--devices", "cuda:3"))
+    assert missing.returncode == 2 and "cuda:3" in missing.stderr and not (tmp_path / "x" / "torch").exists()
+
+
+# ---- Ray ---------------------------------------------------------------------------------------------
+
+needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason='Ray not installed ("lseg-trt[ray]")')
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """A local Ray on 2 CPUs. Its workers inherit the fault-injection marker path; the fault is armed by
+    deleting the marker (the first actor to finish a shard then dies once)."""
+    import ray
+
+    marker = tmp_path_factory.mktemp("ray") / "died-once"
+    marker.touch()
+    os.environ[FAIL_ONCE_ENV] = str(marker)
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    finally:
+        del os.environ[FAIL_ONCE_ENV]
+    yield marker
+    ray.shutdown()
+
+
+@needs_ray
+@pytest.mark.slow  # starts a local Ray instance (~20 s)
+def test_ray_actors_match_one_process_and_survive_a_dead_actor(
+    cli: Callable[..., Any], args: Callable[..., list[str]], plain: Path, ray_cluster: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "ray"
+    result = cli(*args(out, "--ray", "--actors", "2"))
+    assert result.returncode == 0, result.stderr
+    assert _files(out / RUN) == _files(plain)
+
+    ray_cluster.unlink()  # arm: one actor exits after writing its first shard, before returning its records
+    killed = tmp_path / "killed"
+    result = cli(*args(killed, "--ray", "--actors", "2"))
+    assert result.returncode == 0, result.stderr
+    assert ray_cluster.exists()  # the fault did happen
+    assert _files(killed / RUN) == _files(plain)
+    records = [json.loads(line) for p in sorted((killed / RUN / "manifest").glob("*.jsonl")) for line in p.open()]
+    assert sorted(r["name"] for r in records) == sorted(json.loads(r)["name"] for r in _records(plain))
+
+
+def _records(run_dir: Path) -> list[str]:
+    return [line for p in sorted((run_dir / "manifest").glob("*.jsonl")) for line in p.read_text().splitlines()]
+
+
+@needs_ray
+@pytest.mark.slow  # starts a local Ray instance (~20 s)
+def test_ray_address_that_does_not_answer(
+    cli: Callable[..., Any], args: Callable[..., list[str]], tmp_path: Path
+) -> None:
+    start = time.perf_counter()
+    result = cli(*args(tmp_path, "--ray", "127.0.0.1:9"))
+    assert result.returncode == 2 and "no Ray cluster answers" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and time.perf_counter() - start < 30
+    assert not (tmp_path / "torch").exists()
