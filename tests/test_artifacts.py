@@ -16,9 +16,11 @@ import onnx
 import pytest
 
 from lseg_trt import LsegTrtError
-from lseg_trt.artifacts import EngineRecord, engine_for, model_info_from_metadata, onnx_for, open_model
+from lseg_trt.artifacts import model_info_from_metadata, open_model
+from lseg_trt.engines import EngineRecord, engine_for
 from lseg_trt.export import inspect_onnx, onnx_from_lseg
 from lseg_trt.models import LSeg, random_lseg
+from lseg_trt.onnx_cache import onnx_for, onnx_info
 from lseg_trt.tensorrt import compat
 from lseg_trt.tensorrt.options import BuildOptions, Profile
 
@@ -64,6 +66,17 @@ def test_onnx_cache_reuses_only_verified_exports_of_the_same_weights(tiny_rn: LS
     assert path.stat().st_mtime_ns != stamp and json.loads(inspect_onnx(path).metadata["verification"])["passed"]
 
 
+def test_onnx_info_is_read_once_per_version_of_the_file(vit_onnx: Path, tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    shutil.copy(vit_onnx, path)
+    first = onnx_info(path)
+    assert onnx_info(path) is first  # not parsed again
+    model = onnx.load(str(path))
+    onnx.helper.set_model_props(model, {**first.metadata, "variant": "tiny_rn"})
+    onnx.save(model, str(path))  # a new version of the file
+    assert onnx_info(path).metadata["variant"] == "tiny_rn"
+
+
 def test_fp32_and_fp16_engines_with_records(fp32_onnx: Path, tmp_path: Path) -> None:
     fp32 = engine_for(fp32_onnx, _options(fp16=False), tmp_path)
     profile = "b1-1-2_h64-128-256_w64-128-256"
@@ -75,7 +88,7 @@ def test_fp32_and_fp16_engines_with_records(fp32_onnx: Path, tmp_path: Path) -> 
     for engine, precision in ((fp32, "fp32"), (fp16, "fp16")):
         record = EngineRecord.read(engine)
         assert record.flavour == "tensorrt-rtx" and record.request["version"] == RTX.version
-        assert record.precision == precision and record.request["flags"] == ["sparse"] and not record.tf32
+        assert record.precision == precision and record.request["flags"] == ["sparse"] and not record.request["tf32"]
         assert record.profile == SMALL and len(record.request["onnx_sha256"]) == 64
         assert (record.input_name, record.output_name) == ("image", "features") and record.build_seconds > 0
         assert record.engine_size == engine.stat().st_size > 10_000
@@ -99,7 +112,7 @@ def test_engine_cache_reuses_only_matching_engines(vit_onnx: Path, tmp_path: Pat
 
 def test_tf32_is_explicit_in_name_and_record(vit_onnx: Path, tmp_path: Path) -> None:
     engine = engine_for(vit_onnx, _options(fp16=False, tf32=True), tmp_path)
-    assert "__fp32_tf32_sparse_ws2048MiB_" in engine.name and EngineRecord.read(engine).tf32
+    assert "__fp32_tf32_sparse_ws2048MiB_" in engine.name and EngineRecord.read(engine).request["tf32"] is True
     assert EngineRecord.read(engine).options["tf32"] is True
 
 

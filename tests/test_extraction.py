@@ -173,7 +173,8 @@ def test_interrupted_run_resumes_to_the_same_bytes(
         extract(extractor, folder, tmp_path / "cut", shard_size=2, progress=False)
     monkeypatch.setattr(run_module, "write_shard_manifest", real_write)
     cut = tmp_path / "cut" / "torch" / "tiny_vit" / "random" / "64x96-shards.run"
-    assert [p.name for p in (cut / "manifest").glob("*.jsonl")] == ["00000.jsonl"]
+    # shards commit on two writer threads: whichever finished first is the one that survives, whole
+    assert len([p.name for p in (cut / "manifest").glob("*.jsonl")]) == 1
     assert not list(cut.rglob("*.tmp"))
     assert len(open_features(cut)) == 2  # what the manifest vouches for, readable
     resumed = extract(extractor, folder, tmp_path / "cut", shard_size=2, progress=False, resume=True)

@@ -14,10 +14,22 @@ ROOT = Path(lseg_trt.__file__).parent
 
 # lowest first; a module belongs to the first layer that names it or a package above it
 LAYERS: list[tuple[str, ...]] = [
-    ("_version", "errors", "files", "names", "sizes", "metrics", "tolerances", "feature_tree", "hwinfo", "reports"),
+    (
+        "_version",
+        "errors",
+        "files",
+        "names",
+        "sizes",
+        "metrics",
+        "tolerances",
+        "feature_tree",
+        "hwinfo",
+        "reports",
+        "sidecars",
+    ),
     ("images", "models", "tensorrt.compat", "tensorrt.options"),
     ("export", "tensorrt.builder", "info", "segment"),
-    ("artifacts", "compiled_cache"),
+    ("onnx_cache", "engines", "artifacts", "compiled_cache"),
     ("backends",),
     ("bench", "bench_report", "fidelity", "compare", "figures", "extraction"),
     ("cli",),

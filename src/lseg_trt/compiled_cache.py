@@ -4,14 +4,13 @@ One `.pt2` per static input shape, named so that variant, weights, precision, sh
 target are visible (`lseg_vit_l16_random_fp16__b1x3x480x640__torch2.11.0+cu130_sm90.pt2`, plus
 `_o<hash>` when non-default Inductor options were used), with a JSON sidecar `<package>.json` that
 records the full request. Reuse rule, as for engines: a package is loaded only when its sidecar records
-exactly the request at hand (weights sha256, variant, shape, precision, layout, torch version, GPU name
-and compute capability or "cpu", Inductor options) and the file still has the size and sha256 the
-sidecar recorded; anything else is rebuilt in place. Package and sidecar are written atomically.
+exactly the request at hand (weights sha256, variant, shape, precision, layout, torch version, target
+GPU, Inductor options) and the file still has the size and sha256 the sidecar recorded; anything else
+is rebuilt in place. Package and sidecar are written atomically.
 """
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 import logging
@@ -25,22 +24,13 @@ from typing import Any
 
 import torch
 
-from lseg_trt._version import __version__
-from lseg_trt.files import atomic_path, export_dir_prefix, remove_stale_temps
-from lseg_trt.models.checkpoint import file_sha256
+from lseg_trt.files import atomic_path, export_dir_prefix, file_sha256, remove_stale_temps
 from lseg_trt.names import safe_component
+from lseg_trt.sidecars import file_matches, read_json, stamp, write_json
 
 log = logging.getLogger(__name__)
 
 Shape = tuple[int, int, int, int]
-
-
-def target_of(device: torch.device) -> dict[str, str | None]:
-    """What a package is compiled for: the GPU's name and compute capability, or the CPU."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
-    return {"gpu": "cpu", "compute_capability": None}
 
 
 @dataclass(frozen=True)
@@ -53,7 +43,7 @@ class PackageRequest:
     shape: Shape
     precision: str
     channels_last: bool
-    target: dict[str, str | None]
+    target: dict[str, str | None]  # `lseg_trt.hwinfo.gpu_target` of the device
     inductor_options: dict[str, Any] = field(default_factory=dict)
     torch_version: str = torch.__version__
 
@@ -81,26 +71,19 @@ def sidecar_of(package: Path) -> Path:
     return package.with_name(package.name + ".json")
 
 
-def _read_sidecar(package: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(sidecar_of(package).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def reusable(package: Path, request: PackageRequest) -> bool:
     """Whether `package` is the one `request` asks for (sidecar equal, file size and sha256 as recorded)."""
     if not package.is_file():
         return False
-    record = _read_sidecar(package)
-    if record is None:
-        log.info("rebuilding %s: its sidecar is missing or unreadable", package.name)
+    try:
+        record = read_json(sidecar_of(package))
+    except ValueError as e:
+        log.info("rebuilding %s: its sidecar is %s", package.name, e)
         return False
-    if record.get("request") != request.to_dict():
+    if not isinstance(record, dict) or record.get("request") != request.to_dict():
         log.info("rebuilding %s: its sidecar does not match the request", package.name)
         return False
-    if package.stat().st_size != record.get("package_size") or file_sha256(package) != record.get("package_sha256"):
+    if not file_matches(package, record.get("package_size"), record.get("package_sha256")):
         log.info("rebuilding %s: the file is not the package its sidecar records", package.name)
         return False
     return True
@@ -133,10 +116,8 @@ def package_for(request: PackageRequest, cache_dir: Path, compile_into: Callable
         "package_size": package.stat().st_size,
         "package_sha256": file_sha256(package),
         "compile_seconds": round(seconds, 2),
-        "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "lseg_trt_version": __version__,
+        **stamp(),
     }
-    with atomic_path(sidecar_of(package)) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(sidecar_of(package), record)
     log.info("compiled %s (%.1f MiB) in %.1f s", package.name, record["package_size"] / 2**20, seconds)
     return package, True

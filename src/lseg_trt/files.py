@@ -1,4 +1,5 @@
-"""Atomic file output: an interrupted export, build or save never leaves a half-written artefact.
+"""Atomic file output (an interrupted export, build or save never leaves a half-written artefact), and
+the sha256 of a file, which keys the caches and checks that an artefact is still the one recorded.
 
 Temporary files are `.<name>.<pid>.tmp` and export folders `.export-<pid>-<random>`: hidden, never
 matched by a glob for the real artefact, and named after the process that owns them, so a later run
@@ -8,6 +9,7 @@ can tell leftovers of a killed process (SIGKILL skips every `finally`) from work
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import re
@@ -82,3 +84,12 @@ def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_AFTER_S) -> 
             log.info("removed %s, left by an interrupted export or build", entry)
             removed.append(entry)
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, streamed (checkpoints are gigabytes)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

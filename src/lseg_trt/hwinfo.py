@@ -1,4 +1,5 @@
-"""The machine a figure came from: recorded next to every benchmark and fidelity result."""
+"""The machine a figure came from (recorded next to every benchmark and fidelity result), and the GPU
+that compiled code (engines, AOTInductor packages) is built for."""
 
 from __future__ import annotations
 
@@ -23,6 +24,18 @@ _PACKAGES = (
     ("tensorrt", "tensorrt", "__version__"),
     ("tensorrt_rtx", "tensorrt_rtx_bindings", "__version__"),
 )
+
+
+def gpu_target(device: str | torch.device | None = None) -> dict[str, str | None]:
+    """The GPU a compiled artefact is built for, as its sidecar records it: name and compute capability,
+    both None on a CPU (TensorRT-RTX builds portable engines without a GPU). `device` None: the first
+    GPU this process sees, if any."""
+    if device is None and torch.cuda.is_available():
+        device = torch.device("cuda", 0)
+    if device is None or torch.device(device).type != "cuda":
+        return {"gpu": None, "compute_capability": None}
+    props = torch.cuda.get_device_properties(device)
+    return {"gpu": props.name, "compute_capability": f"{props.major}.{props.minor}"}
 
 
 def _cpu_model() -> str:

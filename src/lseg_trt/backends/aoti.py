@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from lseg_trt.backends.base import DTYPES, BackendSpec, GraphCache, Runner, Shape
-from lseg_trt.compiled_cache import PackageRequest, package_for, target_of
+from lseg_trt.compiled_cache import PackageRequest, package_for
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.hwinfo import gpu_target
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
@@ -87,7 +88,7 @@ class AotiRunner(Runner):
             shape=tuple(int(d) for d in shape),  # type: ignore[arg-type]
             precision=self.spec.precision,
             channels_last=self.channels_last,
-            target=target_of(self.device),
+            target=gpu_target(self.device),
             inductor_options=self.inductor_options,
         )
 

@@ -39,7 +39,7 @@ class OnnxRuntimeRunner(Runner):
         cache_dir: Path,
         profile: Profile | None,
     ) -> OnnxRuntimeRunner:
-        from lseg_trt.artifacts import onnx_for
+        from lseg_trt.onnx_cache import onnx_for
 
         if source.kind == "onnx":
             return cls(source.path, spec, device)  # type: ignore[arg-type]

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.artifacts import EngineRecord
 from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape
+from lseg_trt.engines import EngineRecord
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.tensorrt.compat import load
 from lseg_trt.tensorrt.options import BuildOptions, Profile, format_shape
@@ -52,7 +52,8 @@ class TensorRTRunner(Runner):
         cache_dir: Path,
         profile: Profile | None,
     ) -> TensorRTRunner:
-        from lseg_trt.artifacts import engine_for, onnx_for
+        from lseg_trt.engines import engine_for
+        from lseg_trt.onnx_cache import onnx_for
 
         if source.kind == "engine":
             return cls(source.path, spec, device)  # type: ignore[arg-type]

@@ -44,7 +44,7 @@ def run_export(ns: argparse.Namespace) -> int:
 def run_build(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lseg_trt.artifacts import engine_for
+    from lseg_trt.engines import engine_for
     from lseg_trt.tensorrt.options import BuildOptions, Profile, parse_shape
 
     options = BuildOptions(

@@ -11,7 +11,6 @@ back to unsafe loading.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -53,15 +52,6 @@ def _stand_ins(path: Path) -> list[tuple[type, str]]:
         cls = type(qualname, (LightningStandIn,), {"__module__": module})
         stand_ins.append((cls, name))
     return stand_ins
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, streamed (checkpoints are gigabytes)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:

@@ -13,7 +13,8 @@ from open_clip.transformer import TextTransformer
 from torch import nn
 
 import lseg_trt.images as images
-from lseg_trt.models.checkpoint import file_sha256, read_checkpoint
+from lseg_trt.files import file_sha256
+from lseg_trt.models.checkpoint import read_checkpoint
 from lseg_trt.models.clip_text import build_text_tower, encode_tokens, tokenize
 from lseg_trt.models.config import LSegConfig, get_config
 from lseg_trt.models.encoder import LSegImageEncoder

@@ -1,0 +1,85 @@
+"""The ONNX cache between weights and TensorRT: exports reused only when they came from the very
+weights at hand, and the fp16 sibling a strongly typed TensorRT builds fp16 engines from.
+
+Reuse rules (anything else re-exports; nothing stale or broken is ever handed back):
+- an ONNX file is reused when its metadata names the same variant and weights hash and records a
+  passed verification;
+- the fp16 sibling is used only when it came from the same weights as the fp32 file it stands in for.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.export import OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
+from lseg_trt.models import VARIANTS, LSeg, load_lseg
+
+log = logging.getLogger(__name__)
+
+
+def onnx_info(path: Path) -> OnnxInfo:
+    """`inspect_onnx`, remembered per version of the file: parsing a ViT-L model reads a 1.2 GB protobuf,
+    and one request reads the same file more than once (cache check, then engine build)."""
+    st = Path(path).stat()
+    return _inspect(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=8)
+def _inspect(path: str, inode: int, size: int, mtime_ns: int) -> OnnxInfo:
+    return inspect_onnx(path)
+
+
+def onnx_for(lseg: LSeg, precision: str, cache_dir: Path) -> Path:
+    """`<cache_dir>/lseg_<variant>_<weights>_<precision>.onnx`, exported (and verified) unless a verified
+    export of these very weights is already there."""
+    path = Path(cache_dir) / onnx_name(lseg, precision)
+    if path.is_file():
+        meta = onnx_info(path).metadata
+        if _same_weights(meta, lseg.variant, lseg.weights_sha256) and meta.get("io_names") == "lseg-trt":
+            log.info("reusing %s", path)
+            return path
+        log.info("re-exporting %s: it was made from other weights, or never verified", path.name)
+    return onnx_from_lseg(lseg, cache_dir, precision).path
+
+
+def _same_weights(meta: dict[str, str], variant: str | None, sha256: str | None) -> bool:
+    return (
+        variant is not None
+        and sha256 is not None
+        and meta.get("variant") == variant
+        and meta.get("checkpoint_sha256") == sha256
+        and verified(meta)
+    )
+
+
+def fp16_sibling(onnx_path: Path, info: OnnxInfo) -> tuple[Path, OnnxInfo]:
+    """The fp16 model of the same weights beside one of our fp32 models (and its info), exported when
+    missing or made from other weights; a user error when the fp32 model names no weights we can load."""
+    variant, weights, sha256 = (info.metadata.get(k) for k in ("variant", "weights", "checkpoint_sha256"))
+    sibling = onnx_path.with_name(onnx_path.stem[: -len("_fp32")] + "_fp16.onnx")
+    if onnx_path.stem.endswith("_fp32") and sibling.is_file():
+        sibling_info = onnx_info(sibling)
+        if _same_weights(sibling_info.metadata, variant, sha256):
+            return sibling, sibling_info
+        log.info("re-exporting %s: not verified, or not made from the weights of %s", sibling.name, onnx_path.name)
+    loadable = weights == "random" or (weights is not None and Path(weights).is_file())
+    if not onnx_path.stem.endswith("_fp32") or variant not in VARIANTS or not loadable:
+        raise LsegTrtError(
+            f"an fp16 engine needs an fp16 ONNX on a strongly typed TensorRT, and {onnx_path.name} names no weights "
+            f"to export one from. Run `lseg-trt export --precision fp16 --weights <checkpoint>` and build from "
+            f"that file, or pass --no-fp16 for an fp32 engine"
+        )
+    log.info("exporting the fp16 model from %s (%s) for a strongly typed build", weights, variant)
+    lseg = load_lseg(weights, variant=variant)
+    if lseg.weights_sha256 != sha256:
+        raise LsegTrtError(
+            f"{weights} is no longer the checkpoint {onnx_path.name} was exported from (sha256 differs): "
+            f"re-export the fp32 model, or export the fp16 one with `lseg-trt export --precision fp16`"
+        )
+    exported = onnx_from_lseg(lseg, onnx_path.parent, "fp16", opset=info.opset).path
+    if exported != sibling:
+        raise LsegTrtError(f"{onnx_path.name} does not follow our naming; export the fp16 model explicitly")
+    return exported, onnx_info(exported)
