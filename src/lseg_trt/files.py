@@ -33,12 +33,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = temp_path(path)
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def temp_path(path: Path) -> Path:
+    """`.<name>.<pid>.tmp` beside `path`: what `remove_stale_temps` recognises as this process's."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def durable_write(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write `chunks` to `path` atomically and fsync it and its folder: it exists whole or not at all,
+    also after a power cut. Chunks are written as given (no joined copy of large arrays)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    sync_folder(path.parent)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename inside it survives a power cut."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def export_dir_prefix() -> str:

@@ -9,7 +9,6 @@ L2 normalisation stay float32), so the package computes what `torch-compile` com
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lseg_trt.backends.base import DTYPES, BackendSpec, GraphCache, Runner, Shape
+from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape, placed_encoder
 from lseg_trt.compiled_cache import PackageRequest, package_for
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.hwinfo import gpu_target
@@ -115,9 +114,7 @@ class AotiRunner(Runner):
 
     def _compile(self, shape: Shape, path: Path) -> None:
         """Export a private copy of the encoder at `shape` and compile it into `path`."""
-        model = copy.deepcopy(self.encoder).to(self.device, DTYPES[self.spec.precision]).eval()
-        if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        model = placed_encoder(self.encoder, self.device, self.spec.precision)
         example = torch.randn(shape, device=self.device)
         with torch.no_grad():
             program = torch.export.export(model, (example,), strict=False)

@@ -8,6 +8,7 @@ device. Outputs may be buffers the runner reuses: copy them if you keep them acr
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,6 +115,30 @@ class Runner(ABC):
 
     @abstractmethod
     def _infer(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
+def placed_encoder(encoder: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
+    """A private copy of `encoder` on `device` in `precision`; fp16 and bf16 run channels-last (cuDNN's
+    fast layout for half-precision convolutions). The encoder's own casts keep input, output and the
+    L2 normalisation in float32."""
+    model = copy.deepcopy(encoder).to(device, DTYPES[precision]).eval()
+    return model.to(memory_format=torch.channels_last) if precision != "fp32" else model
+
+
+def onnx_of(source: ModelSource, precision: str, cache_dir: Path, backend: str) -> Path:
+    """The ONNX file a source runs as: its own, or the cached export of its weights."""
+    from lseg_trt.onnx_cache import onnx_for
+
+    if source.kind == "onnx":
+        return source.path  # type: ignore[return-value]
+    if source.lseg is None:
+        raise LsegTrtError(f"{backend} runs ONNX models; {source.path} is a {source.kind} file")
+    return onnx_for(source.lseg, precision, cache_dir / "onnx")
+
+
+def default_device() -> str:
+    """What `auto` means: the first CUDA GPU if there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def is_oom(error: BaseException) -> bool:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lseg_trt.backends.base import BackendSpec, Runner
+from lseg_trt.backends.base import BackendSpec, Runner, onnx_of
 from lseg_trt.errors import LsegTrtError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -39,13 +39,7 @@ class OnnxRuntimeRunner(Runner):
         cache_dir: Path,
         profile: Profile | None,
     ) -> OnnxRuntimeRunner:
-        from lseg_trt.onnx_cache import onnx_for
-
-        if source.kind == "onnx":
-            return cls(source.path, spec, device)  # type: ignore[arg-type]
-        if source.lseg is None:
-            raise LsegTrtError(f"{spec.name} runs ONNX models; {source.path} is a {source.kind} file")
-        return cls(onnx_for(source.lseg, spec.precision, cache_dir / "onnx"), spec, device)
+        return cls(onnx_of(source, spec.precision, cache_dir, spec.name), spec, device)
 
     def providers(self) -> list[str]:
         available = _ort().get_available_providers()

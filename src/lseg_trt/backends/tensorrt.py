@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape
+from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape, onnx_of
 from lseg_trt.engines import EngineRecord
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.tensorrt.compat import load
@@ -33,12 +33,14 @@ def check_shape(profile: Profile, shape: Shape, engine_name: str) -> None:
 
 
 class TensorRTRunner(Runner):
-    def __init__(self, engine_path: str | Path, spec: BackendSpec, device: str | torch.device) -> None:
+    def __init__(
+        self, engine_path: str | Path, spec: BackendSpec, device: str | torch.device, record: EngineRecord | None = None
+    ) -> None:
         super().__init__(spec, device)
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise LsegTrtError(f"engine not found: {self.engine_path}")
-        self.record = EngineRecord.read(self.engine_path)
+        self.record = record or EngineRecord.read(self.engine_path)  # `open_model` has read it already
         self.input_name, self.profile = self.record.input_name, self.record.profile
         self.shape: Shape | None = None
         self.graphs: GraphCache | None = None
@@ -53,11 +55,10 @@ class TensorRTRunner(Runner):
         profile: Profile | None,
     ) -> TensorRTRunner:
         from lseg_trt.engines import engine_for
-        from lseg_trt.onnx_cache import onnx_for
 
         if source.kind == "engine":
-            return cls(source.path, spec, device)  # type: ignore[arg-type]
-        onnx_path = source.path if source.kind == "onnx" else onnx_for(source.lseg, "fp32", cache_dir / "onnx")
+            return cls(source.path, spec, device, source.record)  # type: ignore[arg-type]
+        onnx_path = onnx_of(source, "fp32", cache_dir, spec.name)
         options = BuildOptions(fp16=spec.precision == "fp16", profile=profile or Profile())
         return cls(engine_for(onnx_path, options, cache_dir / "engines"), spec, device)  # type: ignore[arg-type]
 

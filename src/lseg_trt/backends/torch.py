@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.backends.base import DTYPES, BackendSpec, GraphCache, Runner, Shape
+from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape, placed_encoder
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.models import LSegImageEncoder
 
@@ -19,11 +18,7 @@ if TYPE_CHECKING:
 
 
 class TorchRunner(Runner):
-    """PyTorch eager in inference mode.
-
-    fp16 and bf16 models run channels-last (cuDNN's fast layout for half-precision convolutions);
-    the encoder's own casts keep input, output and the L2 normalisation in float32.
-    """
+    """PyTorch eager in inference mode (see `placed_encoder` for precision and memory layout)."""
 
     compiled = False
 
@@ -47,9 +42,7 @@ class TorchRunner(Runner):
         return cls(source.lseg.image_encoder, spec, device)
 
     def _activate(self) -> None:
-        model = copy.deepcopy(self.source).to(self.device, DTYPES[self.spec.precision]).eval()
-        if self.spec.precision != "fp32":
-            model = model.to(memory_format=torch.channels_last)
+        model = placed_encoder(self.source, self.device, self.spec.precision)
         self.model = model
         fn: Callable[[torch.Tensor], torch.Tensor] = self._wrap(model)
         if self.spec.cuda_graph:

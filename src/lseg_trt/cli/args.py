@@ -127,9 +127,11 @@ def device_from_args(ns: argparse.Namespace) -> str:
     """`auto` -> cuda if present, else cpu; anything else must name a device this machine has."""
     import torch
 
+    from lseg_trt.backends.base import default_device
+
     name = ns.device.strip()
     if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return default_device()
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError):

@@ -36,11 +36,10 @@ def _features(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202 - PIL imag
     return lseg, features, size
 
 
-def _save(ns: argparse.Namespace, image, seg, lseg, title: str, legend: int) -> None:  # noqa: ANN001
+def _save(out, image, seg, lseg, title: str, legend: int) -> None:  # noqa: ANN001
     """Picture, label map and names, then the pixel shares."""
     from lseg_trt.figures import save_segmentation
 
-    out = out_file_from(ns.out)
     if not lseg.semantic:
         title += " (RANDOM WEIGHTS: no semantics)"
     save_segmentation(image, seg, out, title, legend=legend)
@@ -55,12 +54,12 @@ def run_segment(ns: argparse.Namespace) -> int:
     from lseg_trt.segment import parse_labels, segment_labels
 
     labels = parse_labels(ns.labels)
-    out_file_from(ns.out)
+    out = out_file_from(ns.out)
     image = load_image(ns.image)
     lseg, features, size = _features(ns, image)
     seg = segment_labels(features, lseg, labels, (image.height, image.width))
     title = f"{lseg.variant} / {lseg.weights_name}, {ns.backend}, input {size[0]}x{size[1]}"
-    _save(ns, image, seg, lseg, title, legend=len(labels))
+    _save(out, image, seg, lseg, title, legend=len(labels))
     return 0
 
 
@@ -72,7 +71,7 @@ def run_wordfree(ns: argparse.Namespace) -> int:
     from lseg_trt.images import load_image
     from lseg_trt.segment import segment_wordfree, vocabulary, vocabulary_embeddings
 
-    out_file_from(ns.out)
+    out = out_file_from(ns.out)
     image = load_image(ns.image)
     lseg, features, size = _features(ns, image)
     words = vocabulary(lseg)
@@ -80,7 +79,7 @@ def run_wordfree(ns: argparse.Namespace) -> int:
         vocab = vocabulary_embeddings(lseg, Path(ns.cache) / "vocab", progress=bar.update)
     seg = segment_wordfree(features, vocab, words)
     title = f"word-free: {lseg.variant} / {lseg.weights_name}, input {size[0]}x{size[1]}"
-    _save(ns, image, seg, lseg, title, legend=ns.legend)
+    _save(out, image, seg, lseg, title, legend=ns.legend)
     print(f"{len(seg.names)} distinct tokens")
     return 0
 

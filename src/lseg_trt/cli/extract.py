@@ -29,8 +29,6 @@ def run_extract(ns: argparse.Namespace) -> int:
     from lseg_trt.extraction import FeatureExtractor, extract, list_items
     from lseg_trt.extraction.partition import Task, parse_task
 
-    if ns.resume and ns.force:
-        raise LsegTrtError("--resume and --force exclude each other")
     if ns.devices is not None and ns.ray is not None:
         raise LsegTrtError("--devices and --ray exclude each other: Ray places its actors itself")
     task = parse_task(ns.shard) if ns.shard else Task()
@@ -146,8 +144,9 @@ def _extract_args(p: Parser) -> None:
     p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage dtype [%(default)s]")
     p.add_argument("--pool", type=positive_int, default=1, help="average-pool the feature grid by K [%(default)s]")
     p.add_argument("--pca", type=non_negative_int, default=0, help="project to K channels (fitted PCA; 0 = off)")
-    p.add_argument("--resume", action="store_true", help="skip what the manifest says is done")
-    p.add_argument("--force", action="store_true", help="redo an existing run folder")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help="skip what the manifest says is done")
+    again.add_argument("--force", action="store_true", help="redo an existing run folder")
     p.add_argument("--out", default="outputs/features", help="output root [%(default)s]")
     add_device_args(p)
     scale = p.add_argument_group("scale-out", "the same files as a one-GPU run, written by several processes")

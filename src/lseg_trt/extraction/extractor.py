@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from lseg_trt.backends import Runner, backend_for, make_runner
+from lseg_trt.backends.base import default_device
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.pipeline import Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.preprocess import network_input
@@ -34,10 +35,6 @@ BatchLike = torch.Tensor | Sequence[str | Path | np.ndarray | Image.Image]
 
 def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class FeatureExtractor:

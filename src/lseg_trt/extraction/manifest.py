@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.files import atomic_path
+from lseg_trt.feature_tree import FeatureKey
+from lseg_trt.files import durable_write
 from lseg_trt.names import inside, safe_component
 from lseg_trt.sizes import format_size
 
@@ -78,25 +78,9 @@ class RunLayout:
         return self.run_dir / "shards" / f"{index:05d}.safetensors"
 
     def npy_file(self, component: str) -> Path:
-        return inside(self.tree, component, f"{format_size(self.size)}.npy")
-
-
-def durable_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically and fsync it and its folder: it exists whole or not at all,
-    also after a power cut."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    sync_folder(path.parent)
-
-
-def sync_folder(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        """The seed's per-image file, where `lseg-trt compare` looks (`feature_tree.FeatureKey`)."""
+        key = FeatureKey(self.backend, self.variant, self.weights, component, format_size(self.size))
+        return inside(self.out, *key.path(Path()).parts)
 
 
 def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool) -> None:

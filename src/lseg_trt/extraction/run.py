@@ -57,6 +57,12 @@ class RunOutput:
     item_shape: tuple[int, int, int, int]  # stored per item: (1, C, H, W) after reduction
 
 
+def layout_for(extractor: FeatureExtractor, out: str | Path, format: str) -> RunLayout:
+    """Where this extractor's run of `format` lives under `out`."""
+    meta = extractor.metadata
+    return RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+
+
 def open_run(
     extractor: FeatureExtractor,
     out: str | Path,
@@ -69,8 +75,7 @@ def open_run(
 ) -> RunOutput:
     """Create (or reopen, with `resume`) the run folder for this extractor and settings."""
     extractor.activate()
-    meta = extractor.metadata
-    layout = RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+    layout = layout_for(extractor, out, format)
     reduction.check(extractor.feature_shape)  # type: ignore[arg-type]
     settings = {
         "format": format,
@@ -82,7 +87,7 @@ def open_run(
         "reduction": reduction.describe(),
         "lseg_trt_version": __version__,
         "batch_size": extractor.batch_size,
-        **meta,
+        **extractor.metadata,
     }
     start_run(layout, settings, resume=resume, force=force)
     if reduction.pca is not None:
@@ -283,8 +288,7 @@ def prepare_run(
     done once, by whoever coordinates a run, before any shard is written."""
     basis = None
     if pca is not None:
-        meta = extractor.metadata
-        layout = RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+        layout = layout_for(extractor, out, format)
         reusable = resume and layout.pca_path.exists()
         basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, pca, pool)
     reduction = Reduction(dtype, pool, basis)
