@@ -3,7 +3,7 @@
 Backend names: a registry key, an optional `-<precision>` when it is not the entry's default, and an
 optional `+graph` to replay one CUDA graph per static shape (GPU only, where the entry allows it):
 `torch` (fp32), `torch-fp16`, `torch-bf16`, `torch-compile[-fp16|-bf16]` (Inductor),
-`onnxruntime[-fp16]`, `tensorrt[-fp32]`.
+`torch-aoti[-bf16|-fp32]` (AOTInductor packages, fp16 by default), `onnxruntime[-fp16]`, `tensorrt[-fp32]`.
 
 Adding a backend: write its runner (a `Runner` subclass with `from_source`) in a module of this
 package and add one `REGISTRY` entry. Runner classes are imported only when used, so importing this

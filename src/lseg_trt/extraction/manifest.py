@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 FORMATS = ("npy", "shards")
 STATUSES = ("done", "failed", "nonfinite")
 # run.json fields that may differ between a run and its resume.
-_INFORMATIONAL = ("lseg_trt_version", "batch_size", "workers")
+INFORMATIONAL = ("lseg_trt_version", "batch_size", "workers")
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool) -
         layout.pca_path.unlink(missing_ok=True)
     elif existing is not None and resume:
         changed = sorted(
-            k for k in set(existing) | set(settings) if k not in _INFORMATIONAL and existing.get(k) != settings.get(k)
+            k for k in set(existing) | set(settings) if k not in INFORMATIONAL and existing.get(k) != settings.get(k)
         )
         if changed:
             shown = "; ".join(f"{k}: {existing.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
