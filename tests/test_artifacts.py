@@ -81,9 +81,10 @@ def test_fp32_and_fp16_engines_with_records(fp32_onnx: Path, tmp_path: Path) -> 
     fp32 = engine_for(fp32_onnx, _options(fp16=False), tmp_path)
     profile = "b1-1-2_h64-128-256_w64-128-256"
     assert fp32.name == f"{fp32_onnx.stem}__fp32_sparse_ws2048MiB_{profile}.engine"
-    # fp16 on a strongly typed flavour: built from the fp16 ONNX, exported on demand from the metadata
+    # fp16 on a strongly typed flavour: built from the fp16 ONNX, exported on demand from the metadata into
+    # the engine folder (never beside an input that may not be ours to write)
     fp16 = engine_for(fp32_onnx, _options(), tmp_path)
-    sibling = fp32_onnx.with_name(fp32_onnx.stem.replace("_fp32", "_fp16") + ".onnx")
+    sibling = tmp_path / (fp32_onnx.stem.replace("_fp32", "_fp16") + ".onnx")
     assert fp16.name == f"{sibling.stem}__fp16_sparse_ws2048MiB_{profile}.engine" and sibling.is_file()
     for engine, precision in ((fp32, "fp32"), (fp16, "fp16")):
         record = EngineRecord.read(engine)
@@ -161,9 +162,11 @@ def test_fp16_sibling_of_other_weights_is_re_exported(tiny_rn: LSeg, tmp_path: P
     fp32 = onnx_for(tiny_rn, "fp32", tmp_path)
     sibling = onnx_for(random_lseg("tiny_rn", seed=1), "fp16", tmp_path)  # same name, other weights
     assert sibling.name == fp32.name.replace("_fp32", "_fp16")
+    other = inspect_onnx(sibling).metadata["checkpoint_sha256"]
     engine = engine_for(fp32, _options(), tmp_path / "engines")
     sha = inspect_onnx(fp32).metadata["checkpoint_sha256"]
-    assert inspect_onnx(sibling).metadata["checkpoint_sha256"] == sha
+    assert sha != other and inspect_onnx(sibling).metadata["checkpoint_sha256"] == other  # left alone
+    assert inspect_onnx(tmp_path / "engines" / sibling.name).metadata["checkpoint_sha256"] == sha
     assert EngineRecord.read(engine).onnx_metadata["checkpoint_sha256"] == sha
 
 
@@ -264,6 +267,26 @@ def test_onnx_with_forged_metadata_is_refused(vit_onnx: Path, tmp_path: Path) ->
     forged = tmp_path / "forged.onnx"
     onnx.save(model, str(forged))
     with pytest.raises(LsegTrtError, match="forged.onnx: unknown variant"):
+        open_model(onnx=str(forged))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"precision": "fp16"}, "metadata says 'fp16', but its weights are fp32"),
+        ({"verification": '{"passed": false}'}, "failed its check"),
+        ({"verification": "[1, 2]"}, "failed its check"),
+    ],
+)
+def test_onnx_whose_metadata_lies_about_itself_is_refused(
+    vit_onnx: Path, tmp_path: Path, change: dict[str, str], message: str
+) -> None:
+    """The backend label comes from the weights' own type, and a failed check is never run."""
+    model = onnx.load(str(vit_onnx))
+    onnx.helper.set_model_props(model, {**inspect_onnx(vit_onnx).metadata, **change})
+    forged = tmp_path / "lying.onnx"
+    onnx.save(model, str(forged))
+    with pytest.raises(LsegTrtError, match=message):
         open_model(onnx=str(forged))
 
 

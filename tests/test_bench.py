@@ -67,3 +67,23 @@ def test_cli_bench_reports_bad_input(cli, tmp_path: Path) -> None:  # noqa: ANN0
     result = run("--variants", "tiny_rn", "--sizes", "64", "--backends", "torch", "--iterations", "2")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "bench.md").is_file() and "| 64x64 |" in result.stdout
+
+
+def test_nan_weights_are_timed_but_reported(cli, tiny_rn: LSeg, tmp_path: Path) -> None:  # noqa: ANN001
+    """Latency of a broken network is real, but the row and the exit code must say its features are not finite."""
+    import copy
+
+    import torch
+
+    from lseg_trt.models.synthetic import save_lightning_checkpoint
+
+    broken = copy.deepcopy(tiny_rn)
+    with torch.no_grad():
+        broken.image_encoder.scratch.head1.weight.fill_(float("nan"))
+    ckpt = save_lightning_checkpoint(broken, tmp_path / "nan.ckpt")
+    result = cli("bench", "--weights", ckpt, "--sizes", "64", "--backends", "torch", "--iterations", "2",
+                 "--warmup", "0", "--out", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 1 and "NaN or Inf" in result.stderr
+    record = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert [r["status"] for r in record["rows"]] == ["nonfinite"] and record["rows"][0]["median_ms"] > 0
+    assert "| NaN |" in (tmp_path / "out" / "bench.md").read_text()

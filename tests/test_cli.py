@@ -60,6 +60,13 @@ def _no_traceback_one_line(result, message: str) -> None:  # noqa: ANN001
         (["segment", "--image", "x.png", "--labels", "dog\ncat, grass"], "line breaks"),
         (["wordfree", "--image", "x.png", "--legend", "0"], "at least 1"),
         (["bench", "--no-such-option"], "unrecognized arguments"),
+        (["bench", "--batch", "99999999999999999999"], "per batch"),
+        (["extract", "--images", "x.png", "--batch", "5000"], "per batch"),
+        (["bench", "--out", ""], "--out is empty"),
+        (["bench", "--cache", ""], "--cache"),
+        (["bench", "--device", "cpu:5"], "one CPU device"),
+        (["extract", "--images", "x.png", "--shard", ""], "expected K/N"),
+        (["segment", "--image", "x.png", "--out", ""], "--out is empty"),
         (["no-such-command"], "invalid choice"),
     ],
 )
@@ -78,6 +85,9 @@ def test_cuda_device_without_gpu(cli) -> None:  # noqa: ANN001
 def test_unwritable_out_is_refused_before_measuring(cli, tmp_path: Path) -> None:  # noqa: ANN001
     a_file = tmp_path / "file.txt"
     a_file.write_text("keep me")
+    for command in (["bench", "--variants", "tiny_rn"], ["extract", "--images", "x.png"]):
+        _no_traceback_one_line(cli(*command, "--cache", a_file), "not a folder")
+        _no_traceback_one_line(cli(*command, "--cache", a_file / "sub"), "not a folder")
     _no_traceback_one_line(cli("bench", "--variants", "tiny_rn", "--out", a_file), "not a folder")
     _no_traceback_one_line(cli("bench", "--variants", "tiny_rn", "--out", a_file / "sub"), "cannot write")
     assert a_file.read_text() == "keep me"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -93,6 +94,19 @@ def test_compare_fails_on_nonfinite_and_bad_trees(cli, tree: Path, tmp_path: Pat
     assert result.returncode == 1 and "NaN/Inf" in result.stderr
     result = cli("compare", "--tree", str(tmp_path / "missing"))
     assert result.returncode == 2 and "not found" in result.stderr and "Traceback" not in result.stderr
+    # a header that promises 1.2 TB over 100 bytes, and a FIFO that would block a plain read
+    lying = broken / "onnxruntime/tiny_rn/random/coffee/64x64.npy"
+    with open(lying, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f4", "fortran_order": False, "shape": (1, 32, 100000, 100000)}
+        )
+        f.write(b"0" * 100)
+    result = cli("compare", "--tree", str(broken), "--out", str(tmp_path / "r2"))
+    assert result.returncode == 2 and "greater than file size" in result.stderr
+    lying.unlink()
+    os.mkfifo(lying)
+    result = cli("compare", "--tree", str(broken), "--out", str(tmp_path / "r3"))
+    assert result.returncode == 2 and "not a regular file" in result.stderr
 
 
 def test_fidelity_command(cli, tmp_path: Path) -> None:

@@ -9,18 +9,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
 
 from lseg_trt.engines import EngineRecord
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.export import PRECISIONS
+from lseg_trt.export import PRECISIONS, verification_status
 from lseg_trt.models import VARIANTS, LSeg, load_lseg
 from lseg_trt.names import component_from_stem
 from lseg_trt.onnx_cache import onnx_info
 
 BACKEND_OF_KIND = {"weights": "torch", "onnx": "onnxruntime", "engine": "tensorrt"}
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,13 @@ def open_model(
         raise LsegTrtError(f"{'ONNX model' if kind == 'onnx' else 'engine'} not found: {path}")
     record = None
     if kind == "onnx":
-        info = model_info_from_metadata(onnx_info(path).metadata, str(path))
+        meta = onnx_info(path).metadata
+        info = model_info_from_metadata(meta, str(path))
+        status = verification_status(meta)
+        if status is False:
+            raise LsegTrtError(f"{path} failed its check against PyTorch (or its record is damaged); re-export it")
+        if status is None:
+            log.warning("%s was exported without verification (--no-verify): its features are unchecked", path)
     else:
         record = EngineRecord.read(path)
         if not record.matches_file(path, hash_it=False):

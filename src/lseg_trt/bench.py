@@ -57,7 +57,8 @@ class BenchSettings:
 
 @dataclass
 class BenchRow:
-    """One (weights, backend, size) measurement; `status` is `ok`, `oom`, `unavailable: …` or `error: …`."""
+    """One (weights, backend, size) measurement; `status` is `ok`, `nonfinite` (timed, but the features hold
+    NaN or Inf), `oom`, `unavailable: …` or `error: …`."""
 
     variant: str
     weights: str
@@ -234,7 +235,7 @@ def _measure(
         if cuda:
             torch.cuda.empty_cache()
         times = time_runner(runner, shape, settings)
-    except (RuntimeError, LsegTrtError) as e:
+    except (RuntimeError, MemoryError, LsegTrtError) as e:
         if not (is_oom(e) or isinstance(e, LsegTrtError)):
             raise
         if cuda:
@@ -251,7 +252,17 @@ def _measure(
     row.tflops_achieved = flops / (row.median_ms * 1e-3) / 1e12
     if cuda:
         row.peak_mem_mib = torch.cuda.max_memory_allocated(runner.device) / 2**20
+    if not _finite_output(runner, shape):
+        row.status = "nonfinite"
+        log.warning("%s %s: the features hold NaN or Inf (timings kept; non-finite weights?)", runner.name, row.size)
     return row
+
+
+def _finite_output(runner: Runner, shape: tuple[int, int, int, int]) -> bool:
+    """One more call on a fresh random input: a network that outputs NaN still has a real latency, but its
+    row must say that its features are not finite."""
+    with torch.inference_mode():
+        return bool(torch.isfinite(runner.infer(torch.randn(shape, device=runner.device))).all())
 
 
 def _profile_for(settings: BenchSettings) -> Profile:

@@ -16,7 +16,7 @@ def _cell(row: BenchRow | None) -> str:
         return "-"
     if row.status == "ok":
         return f"{row.mean_ms:.2f} ± {row.std_ms:.2f}"
-    return "OOM" if row.status == "oom" else "n/a"
+    return {"oom": "OOM", "nonfinite": "NaN"}.get(row.status, "n/a")
 
 
 def markdown(rows: list[BenchRow], hw: dict[str, Any], command: str, ceiling: dict[str, float] | None) -> str:
@@ -26,7 +26,8 @@ def markdown(rows: list[BenchRow], hw: dict[str, Any], command: str, ceiling: di
         "host<->device copies included" if rows and rows[0].includes_copies else "device compute only, no host copies"
     )
     parts = [f"# lseg-trt bench\n\nCommand: `{command}`\n\nLatency in ms, mean ± std ({copies}); "
-             "n/a = backend unavailable (reason below), OOM = out of memory.\n"]  # fmt: skip
+             "n/a = backend unavailable (reason below), OOM = out of memory, NaN = timed, but the features "
+             "are not finite.\n"]  # fmt: skip
     for model in dict.fromkeys((r.variant, r.weights) for r in rows):
         parts.append(f"\n## {model[0]} / {model[1]}\n")
         parts.append("| Size | " + " | ".join(f"{b} ms" for b in backends) + " |")

@@ -163,7 +163,9 @@ def _reusable(engine: Path, request: dict[str, Any]) -> bool:
     return True
 
 
-def _source(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path, OnnxInfo, str, bool]:
+def _source(
+    trt: TensorRT, onnx_path: Path, options: BuildOptions, export_dir: Path
+) -> tuple[Path, OnnxInfo, str, bool]:
     """Which ONNX to build, its info, the engine's precision, and whether the FP16 flag does the work."""
     info = onnx_info(onnx_path)
     if info.precision == "fp16" and not options.fp16:
@@ -172,7 +174,7 @@ def _source(trt: TensorRT, onnx_path: Path, options: BuildOptions) -> tuple[Path
         return onnx_path, info, info.precision, False
     if trt.has_fp16_flag:
         return onnx_path, info, "fp16", True
-    sibling, sibling_info = fp16_sibling(onnx_path, info)
+    sibling, sibling_info = fp16_sibling(onnx_path, info, export_dir)
     log.info("%s has no FP16 flag: building from the fp16 model %s", trt.describe(), sibling.name)
     return sibling, sibling_info, "fp16", False
 
@@ -185,7 +187,7 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
     if not onnx_path.is_file():
         raise LsegTrtError(f"ONNX model not found: {onnx_path}")
     trt = load(options.flavour)
-    source, info, precision, fp16_flag = _source(trt, onnx_path, options)
+    source, info, precision, fp16_flag = _source(trt, onnx_path, options, cache_dir)
     flags = select_flags(trt, options, fp16_flag)
     tokens = [f.token for f in flags if f.token]
     engine = cache_dir / engine_name(source.stem, precision, tokens, options.workspace, options.profile)

@@ -165,12 +165,20 @@ def metadata(lseg: LSeg, precision: str, io_names: str, verification: Verificati
     }
 
 
+def verification_status(meta: dict[str, str]) -> bool | None:
+    """True: the metadata records a passed verification; None: exported with `verify=False` (or by
+    another tool); False: it failed, or the record is damaged."""
+    try:
+        record = json.loads(meta.get("verification", '{"passed": null}'))
+    except ValueError:
+        return False
+    passed = record.get("passed", False) if isinstance(record, dict) else False
+    return passed if passed is None or isinstance(passed, bool) else False
+
+
 def verified(meta: dict[str, str]) -> bool:
     """Whether the metadata records a passed verification (`onnx_from_lseg(verify=True)`)."""
-    try:
-        return json.loads(meta.get("verification", "{}")).get("passed") is True
-    except (ValueError, AttributeError):
-        return False
+    return verification_status(meta) is True
 
 
 @dataclass(frozen=True)
@@ -190,10 +198,13 @@ def inspect_onnx(path: str | Path) -> OnnxInfo:
     except Exception as e:  # noqa: BLE001 - onnx raises DecodeError and friends for corrupt files
         raise LsegTrtError(f"cannot read ONNX model {path} (corrupt?): {e}") from None
     meta = {p.key: p.value for p in model.metadata_props}
-    precision = meta.get("precision")
-    if precision not in PRECISIONS:
-        fp16 = onnx.TensorProto.FLOAT16
-        precision = "fp16" if any(t.data_type == fp16 for t in model.graph.initializer) else "fp32"
+    # The weights say what the model computes in; metadata that claims otherwise was edited, and would
+    # file fp32 features under an fp16 backend name (or the reverse).
+    fp16 = any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    precision = "fp16" if fp16 else "fp32"
+    claimed = meta.get("precision")
+    if claimed is not None and claimed != precision:
+        raise LsegTrtError(f"{path}: its metadata says {str(claimed)[:20]!r}, but its weights are {precision}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
     return OnnxInfo(meta, opset, precision)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.names import regular_file
 
 FLOAT_KINDS = "f"  # numpy dtype kinds a feature file may hold
 
@@ -46,13 +47,16 @@ def scan(root: Path) -> dict[FeatureKey, Path]:
 
 def load_features(path: Path, mmap: bool = False) -> np.ndarray:
     """A (1, C, h, w) float feature map from a .npy file, or one clear error: files in a tree are
-    untrusted (text, pickled objects, empty files, other shapes), and pickles are never loaded."""
+    untrusted (text, pickled objects, empty or special files, headers that promise more data than the
+    file holds), and pickles are never loaded. The header is checked against the file through a memory
+    map before anything is read into memory."""
+    regular_file(path, "feature map")
     try:
-        array = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
         raise LsegTrtError(f"{path} is not a readable .npy feature map: {e}") from None
     if not isinstance(array, np.ndarray) or array.dtype.kind not in FLOAT_KINDS or array.ndim != 4:
         kind = getattr(array, "dtype", type(array).__name__)
         shape = getattr(array, "shape", "?")
         raise LsegTrtError(f"{path} holds {kind} {shape}, not a float (1, C, h, w) feature map")
-    return array
+    return array if mmap else np.array(array)

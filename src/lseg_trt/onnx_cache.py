@@ -55,16 +55,18 @@ def _same_weights(meta: dict[str, str], variant: str | None, sha256: str | None)
     )
 
 
-def fp16_sibling(onnx_path: Path, info: OnnxInfo) -> tuple[Path, OnnxInfo]:
-    """The fp16 model of the same weights beside one of our fp32 models (and its info), exported when
-    missing or made from other weights; a user error when the fp32 model names no weights we can load."""
+def fp16_sibling(onnx_path: Path, info: OnnxInfo, export_dir: Path) -> tuple[Path, OnnxInfo]:
+    """The fp16 model of the same weights as one of our fp32 models (and its info): one found beside the
+    fp32 file or in `export_dir`, else exported into `export_dir` (never beside an input that may not be
+    ours to write); a user error when the fp32 model names no weights we can load."""
     variant, weights, sha256 = (info.metadata.get(k) for k in ("variant", "weights", "checkpoint_sha256"))
-    sibling = onnx_path.with_name(onnx_path.stem[: -len("_fp32")] + "_fp16.onnx")
-    if onnx_path.stem.endswith("_fp32") and sibling.is_file():
-        sibling_info = onnx_info(sibling)
-        if _same_weights(sibling_info.metadata, variant, sha256):
-            return sibling, sibling_info
-        log.info("re-exporting %s: not verified, or not made from the weights of %s", sibling.name, onnx_path.name)
+    name = onnx_path.stem[: -len("_fp32")] + "_fp16.onnx"
+    for sibling in dict.fromkeys((onnx_path.with_name(name), export_dir / name)):
+        if onnx_path.stem.endswith("_fp32") and sibling.is_file():
+            sibling_info = onnx_info(sibling)
+            if _same_weights(sibling_info.metadata, variant, sha256):
+                return sibling, sibling_info
+            log.info("not using %s: not verified, or not made from the weights of %s", sibling, onnx_path.name)
     loadable = weights == "random" or (weights is not None and Path(weights).is_file())
     if not onnx_path.stem.endswith("_fp32") or variant not in VARIANTS or not loadable:
         raise LsegTrtError(
@@ -79,7 +81,7 @@ def fp16_sibling(onnx_path: Path, info: OnnxInfo) -> tuple[Path, OnnxInfo]:
             f"{weights} is no longer the checkpoint {onnx_path.name} was exported from (sha256 differs): "
             f"re-export the fp32 model, or export the fp16 one with `lseg-trt export --precision fp16`"
         )
-    exported = onnx_from_lseg(lseg, onnx_path.parent, "fp16", opset=info.opset).path
-    if exported != sibling:
+    exported = onnx_from_lseg(lseg, export_dir, "fp16", opset=info.opset).path
+    if exported.name != name:
         raise LsegTrtError(f"{onnx_path.name} does not follow our naming; export the fp16 model explicitly")
     return exported, onnx_info(exported)

@@ -141,10 +141,13 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory")  # CUDA / ORT / TensorRT, and torch's CPU allocator
+
+
 def is_oom(error: BaseException) -> bool:
-    """CUDA out-of-memory from torch, or from ONNX Runtime / TensorRT, which report it in the message."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    """Out of device or host memory: torch's own error type, or what the others say in their message."""
+    return isinstance(error, torch.cuda.OutOfMemoryError | MemoryError) or (
+        isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OOM_MESSAGES)
     )
 
 

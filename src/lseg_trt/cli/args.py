@@ -40,6 +40,16 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1)
 
 
+MAX_BATCH = 4096  # far past any GPU's memory at the smallest size; beyond it a typo, not a batch
+
+
+def batch_size(text: str) -> int:
+    value = _int_at_least(text, 1)
+    if value > MAX_BATCH:
+        raise argparse.ArgumentTypeError(f"{value} is more than {MAX_BATCH} images per batch")
+    return value
+
+
 def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
@@ -120,7 +130,20 @@ def weight_sources_from_args(ns: argparse.Namespace) -> list[tuple[str, str | No
 
 def add_device_args(parser: argparse.ArgumentParser, cache_help: str = "ONNX / engine cache folder") -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N [%(default)s]")
-    parser.add_argument("--cache", default="models", help=f"{cache_help} [%(default)s]")
+    parser.add_argument("--cache", default="models", type=_cache_dir, help=f"{cache_help} [%(default)s]")
+
+
+def _cache_dir(text: str) -> Path:
+    """The cache folder, checked before any work; made only when something is cached."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a folder")
+    path = Path(text)
+    existing = next((p for p in (path, *path.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise argparse.ArgumentTypeError(f"{existing} is not a folder")
+    if not os.access(existing, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write into {existing}")
+    return path
 
 
 def device_from_args(ns: argparse.Namespace) -> str:
@@ -137,6 +160,8 @@ def device_from_args(ns: argparse.Namespace) -> str:
     except (RuntimeError, ValueError):
         raise LsegTrtError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise LsegTrtError(f"--device {name}: there is one CPU device; use cpu")
         return "cpu"
     if device.type != "cuda":
         raise LsegTrtError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
@@ -167,22 +192,26 @@ def backends_from_args(ns: argparse.Namespace, default: str) -> list:  # noqa: A
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
-def out_dir_from(text: str) -> Path:
+def out_dir_from(text: str, option: str = "--out") -> Path:
     """A folder we can write into, made if missing; checked before any work, so results are not lost."""
+    if not text.strip():
+        raise LsegTrtError(f"{option} is empty; name a folder")
     path = Path(text)
     if path.exists() and not path.is_dir():
-        raise LsegTrtError(f"--out {path} exists and is not a folder")
+        raise LsegTrtError(f"{option} {path} exists and is not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise LsegTrtError(f"cannot write into --out {path}: {e.strerror or e}") from None
+        raise LsegTrtError(f"cannot write into {option} {path}: {e.strerror or e}") from None
     return path
 
 
 def out_file_from(text: str) -> Path:
     """A file path whose folder we can write into; an existing folder at that path is refused."""
+    if not text.strip():
+        raise LsegTrtError("--out is empty; name a file")
     path = Path(text)
     if path.is_dir():
         raise LsegTrtError(f"--out {path} is a folder; give a file name such as {path / 'out.png'}")

@@ -15,6 +15,7 @@ from lseg_trt.cli.args import (
     Parser,
     add_device_args,
     add_weights_args,
+    batch_size,
     device_from_args,
     non_negative_int,
     out_dir_from,
@@ -31,7 +32,7 @@ def run_extract(ns: argparse.Namespace) -> int:
 
     if ns.devices is not None and ns.ray is not None:
         raise LsegTrtError("--devices and --ray exclude each other: Ray places its actors itself")
-    task = parse_task(ns.shard) if ns.shard else Task()
+    task = parse_task(ns.shard) if ns.shard is not None else Task()
     if task.count > 1 and ns.force:
         raise LsegTrtError("--force with --shard K/N would remove other tasks' results; each task rewrites its own")
     if task.count > 1 and ns.pca:
@@ -135,7 +136,7 @@ def _extract_args(p: Parser) -> None:
     )
     p.add_argument("--images", nargs="+", required=True, help="image files, folders (recursive), globs, list files")
     p.add_argument("--sizes", nargs="+", default=["480x640"], help="network input N or HxW, one run each [%(default)s]")
-    p.add_argument("--batch", type=positive_int, default=8, help="images per network call [%(default)s]")
+    p.add_argument("--batch", type=batch_size, default=8, help="images per network call [%(default)s]")
     p.add_argument("--workers", type=positive_int, default=default_workers(), help="decode threads [%(default)s]")
     p.add_argument(
         "--format", choices=FORMATS, default="shards", help="safetensors shards or per-image .npy [%(default)s]"

@@ -14,6 +14,7 @@ from lseg_trt.cli.args import (
     add_device_args,
     add_weight_sources_args,
     backends_from_args,
+    batch_size,
     device_from_args,
     non_negative_int,
     out_dir_from,
@@ -46,7 +47,7 @@ def run_bench(ns: argparse.Namespace) -> int:
         warmup=ns.warmup if ns.warmup is not None else defaults["warmup"],
         include_copies=ns.include_copies,
         device=device,
-        cache_dir=ns.cache,
+        cache_dir=str(ns.cache),
     )
     ceiling = matmul_ceiling(device) if device.startswith("cuda") and not ns.no_ceiling else None
     rows = []
@@ -59,7 +60,10 @@ def run_bench(ns: argparse.Namespace) -> int:
     print(paths.report.markdown.read_text())
     for path in paths:
         print(f"wrote {path}")
-    return 0
+    nonfinite = sorted({f"{r.variant}/{r.weights} {r.backend}" for r in rows if r.status == "nonfinite"})
+    if nonfinite:
+        print(f"features hold NaN or Inf: {', '.join(nonfinite)}", file=sys.stderr)
+    return 1 if nonfinite else 0
 
 
 def run_fidelity(ns: argparse.Namespace) -> int:
@@ -105,7 +109,7 @@ def _bench_args(p: Parser) -> None:
     add_weight_sources_args(p)
     p.add_argument("--sizes", nargs="+", help="N or HxW; default 256 320 on CPU, 256..1024 on GPU")
     add_backends_args(p, "e.g. torch,torch-fp16+graph (default depends on the device)")
-    p.add_argument("--batch", type=positive_int, default=1, help="[%(default)s]")
+    p.add_argument("--batch", type=batch_size, default=1, help="[%(default)s]")
     p.add_argument("--iterations", type=positive_int, help="timed iterations (default 5 on CPU, 50 on GPU)")
     p.add_argument("--warmup", type=non_negative_int, help="discarded iterations (default 1 on CPU, 10 on GPU)")
     p.add_argument("--include-copies", action="store_true", help="time host->device->host copies too")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from lseg_trt.backends import Runner, backend_for, make_runner
-from lseg_trt.backends.base import default_device
+from lseg_trt.backends.base import default_device, is_oom
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.pipeline import Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.preprocess import network_input
@@ -128,9 +128,18 @@ class FeatureExtractor:
     def activate(self) -> FeatureExtractor:
         if not self.runner.active:
             self.runner.activate()
-            features = self.forward(
-                torch.zeros((self.batch_size, *self.size, 3), dtype=torch.uint8, device=self.device)
-            )
+            try:  # one warm-up batch: allocates what the run needs, before anything is written
+                features = self.forward(
+                    torch.zeros((self.batch_size, *self.size, 3), dtype=torch.uint8, device=self.device)
+                )
+            except Exception as e:
+                if not is_oom(e):
+                    raise
+                self.runner.deactivate()
+                raise LsegTrtError(
+                    f"out of memory for a batch of {self.batch_size} at {self.size[0]}x{self.size[1]} on "
+                    f"{self.device}; lower --batch or the size"
+                ) from None
             self.feature_shape = tuple(features.shape[1:])  # type: ignore[assignment]
         return self
 

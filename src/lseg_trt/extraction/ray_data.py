@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -56,6 +57,9 @@ class ShardTask:
 def connect(address: str | None, *, num_cpus: int | None = None) -> None:
     """Join the Ray cluster at `address` (host:port, ray://host:port or auto), or start a local instance
     when None; an address that does not answer is a user error within `CONNECT_TIMEOUT_S`."""
+    # Ray's C++ client logs every failed retry to stderr; a user error must stay one line (set the variable
+    # yourself to see them)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     try:
         import ray
     except ImportError:
