@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction import FeatureExtractor, Reduction, extract, fit_pca, open_features, reduction_fidelity
 from lseg_trt.extraction import run as run_module
 from lseg_trt.extraction.preprocess import gpu_vs_pil, network_input
+from lseg_trt.extraction.sources import list_items, scan
 from lseg_trt.images import preprocess, samples
 from lseg_trt.models import LSeg
 
@@ -148,7 +152,9 @@ def test_reduced_output_and_settings_guard(extractor: FeatureExtractor, folder: 
     with pytest.raises(LsegTrtError, match="settings differ"):
         extract(extractor, folder, tmp_path, pool=1, pca=8, shard_size=4, progress=False, resume=True)
     again = extract(extractor, folder, tmp_path, pool=2, pca=8, shard_size=4, progress=False, resume=True)
-    assert again.done == 0 and again.skipped == 9
+    # shard 0 (cam0/*) is done; the shards holding the broken and the truncated file are tried again
+    assert again.done == 3 and again.skipped == 4 and not again.ok
+    assert sorted(name for name, _ in again.failed) == ["cam1/broken", "cam1/truncated"]
 
 
 def _shard_bytes(run_dir: Path) -> dict[str, bytes]:
@@ -202,3 +208,78 @@ def test_nan_weights_are_recorded_not_written(tiny_vit: LSeg, folder: Path, tmp_
     ]
     assert {r["status"] for r in records} == {"nonfinite"}
     assert len(open_features(summary.run_dir)) == 0
+    with _extractor(broken) as ex:  # a resume must not pass on the NaN results as finished
+        again = extract(ex, folder / "cam0", tmp_path, progress=False, resume=True)
+    assert again.skipped == 0 and len(again.nonfinite) == 4 and not again.ok
+
+
+@pytest.mark.parametrize("fmt", ["shards", "npy"])
+def test_resume_and_force_remove_temporaries_of_dead_runs(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path, fmt: str
+) -> None:
+    summary = extract(extractor, folder / "cam0", tmp_path, format=fmt, shard_size=2, progress=False)
+    dead, alive = _dead_pid(), 1  # init: alive, and not this process (whose own temporaries collide)
+    if fmt == "shards":
+        where = summary.run_dir / "shards"
+        name = "00006.safetensors"  # a shard of a killed run over more images
+    else:
+        where = summary.run_dir.parent / "000"  # the npy layout: <weights folder>/<image>/<HxW>.npy
+        name = "64x96.npy"
+    for flag in ("resume", "force"):
+        stale, live = where / f".{name}.{dead}.tmp", where / f".{name}.{alive}.tmp"
+        for path in (stale, live):
+            path.write_bytes(b"half a file")
+        extract(extractor, folder / "cam0", tmp_path, format=fmt, shard_size=2, progress=False, **{flag: True})
+        assert not stale.exists(), flag
+        # force redoes every item: a writer clears any leftover of the file it now writes (it owns it), while
+        # a resume with nothing to redo leaves a live process's temporary alone
+        wiped = flag == "force"
+        assert live.exists() != wiped, flag
+        live.unlink(missing_ok=True)
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_inputs_that_are_not_images_are_named(folder: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with pytest.raises(LsegTrtError, match="empty input path"):
+        list_items("")
+    with pytest.raises(LsegTrtError, match="empty input path"):
+        list_items([folder, " "])
+    os.mkfifo(tmp_path / "fifo.jpg")
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    for special in (tmp_path / "fifo.jpg", Path("/dev/zero"), tmp_path / "zero.jpg"):
+        with pytest.raises(LsegTrtError, match="not a regular file"):
+            list_items(special)
+    with pytest.raises(LsegTrtError, match="input not found"):
+        list_items(tmp_path / "missing.jpg")
+    tree = tmp_path / "tree"
+    (tree / ".cache" / "deep").mkdir(parents=True)
+    for path in (tree / "a.jpg", tree / ".b.jpg", tree / ".cache" / "c.jpg", tree / ".cache" / "deep" / "d.jpg"):
+        path.write_bytes((folder / "cam0" / "000.jpg").read_bytes())
+    os.mkfifo(tree / "pipe.jpg")
+    with caplog.at_level("WARNING", logger="lseg_trt.extraction.sources"):
+        listing = scan(tree)
+    assert [i.name for i in listing.items] == ["a"] and listing.ignored == 3  # .b.jpg, .cache, pipe.jpg
+    assert f"skipped 3 hidden or special entries in {tree}" in caplog.text
+    assert scan(folder).ignored == 0
+
+
+def test_shared_run_keeps_other_processes_temporaries(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path
+) -> None:
+    """Tasks of `--shard K/N` join one folder, maybe from other hosts, where a pid means nothing: joining
+    must not delete a temporary of a shard this task does not write."""
+    from lseg_trt.extraction.run import prepare_run
+
+    summary = extract(extractor, folder / "cam0", tmp_path, shard_size=2, progress=False)
+    other = summary.run_dir / "shards" / f".00099.safetensors.{_dead_pid()}.tmp"  # another host's shard
+    other.write_bytes(b"being written elsewhere")
+    items = list_items(folder / "cam0")
+    prepare_run(extractor, items, tmp_path, shard_size=2, resume=True, shared=True)
+    assert other.exists()
+    prepare_run(extractor, items, tmp_path, shard_size=2, resume=True)  # a run of its own cleans up
+    assert not other.exists()

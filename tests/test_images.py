@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from lseg_trt import LsegTrtError
-from lseg_trt.images import load_image, load_rgb_array, preprocess, samples
+from lseg_trt.images import _rgb_from_integers, load_image, load_rgb_array, preprocess, samples
 from lseg_trt.models import LSeg
 
 
@@ -70,18 +70,53 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
     assert rgb.shape == (1, 5, 3) and rgb.dtype == np.uint8
     np.testing.assert_array_equal(rgb[0, :, 0], [0, 100, 255, 0, 1])
     assert (rgb == rgb[..., :1]).all()
-    int32 = Image.fromarray(np.array([[-5, 65535, 70000]], dtype=np.int32))
-    assert int32.mode == "I"
-    np.testing.assert_array_equal(load_rgb_array(int32)[0, :, 1], [0, 255, 255])
+    in_memory = Image.fromarray(np.array([[-5, 257 * 100, 65535]], dtype=np.int32))  # no stated depth: 16-bit
+    assert in_memory.mode == "I"
+    np.testing.assert_array_equal(load_rgb_array(in_memory)[0, :, 1], [0, 100, 255])
+    wider = Image.fromarray(np.array([[-5, 65535, 70000]], dtype=np.int32))  # more than 16 bits: stretched
+    np.testing.assert_array_equal(load_rgb_array(wider)[0, :, 1], [0, 239, 255])
+
+
+def _gray_tiff(values: np.ndarray, bits: int, signed: bool) -> bytes:
+    """A one-strip little-endian gray TIFF, for the sample formats Pillow opens as mode `I` but cannot write."""
+    data = values.astype(f"<{'i' if signed else 'u'}{bits // 8}").tobytes()
+    height, width = values.shape
+    tags = [(256, width), (257, height), (258, bits), (259, 1), (262, 1), (273, 0), (277, 1), (278, height),
+            (279, len(data)), (339, 2 if signed else 1)]  # fmt: skip
+    offset = 8 + 2 + 12 * len(tags) + 4
+    tags[5] = (273, offset)
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in tags)
+    return struct.pack("<2sHI", b"II", 42, 8) + ifd + struct.pack("<I", 0) + data
+
+
+def test_integer_tiffs_are_scaled_by_their_bit_depth(tmp_path: Path) -> None:
+    dim = np.arange(6, 244, dtype=np.uint8).reshape(14, 17)
+    Image.fromarray(dim).convert("I").save(tmp_path / "i32.tif")  # 32-bit samples, values 6..243
+    assert Image.open(tmp_path / "i32.tif").mode == "I"
+    rgb = load_rgb_array(tmp_path / "i32.tif")
+    assert rgb.min() == 0 and rgb.max() == 255  # stretched, not read as 16-bit (all black)
+    signed16 = np.array([[-300, 0, 257 * 100, 32767]])
+    (tmp_path / "s16.tif").write_bytes(_gray_tiff(signed16, 16, signed=True))
+    assert Image.open(tmp_path / "s16.tif").mode == "I"  # Pillow's mode for signed 16-bit samples
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "s16.tif")[0, :, 0], [0, 0, 100, 127])
+    wide32 = np.array([[-1000, 0, 1000, 3000]])
+    (tmp_path / "s32.tif").write_bytes(_gray_tiff(wide32, 32, signed=True))
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "s32.tif")[0, :, 0], [0, 64, 128, 255])
+    # 8 bits stated with mode I (no file layout of current Pillow gives it): values kept, clipped
+    np.testing.assert_array_equal(_rgb_from_integers(np.array([[-3, 7, 300]]), 8, "image")[0, :, 0], [0, 7, 255])
 
 
 def test_float_tiff_is_scaled(tmp_path: Path) -> None:
     unit = np.array([[0.0, 0.5, 1.0]], dtype=np.float32)
     Image.fromarray(unit, mode="F").save(tmp_path / "unit.tif")
     np.testing.assert_array_equal(load_rgb_array(tmp_path / "unit.tif")[0, :, 2], [0, 128, 255])
-    wide = np.array([[-100.0, 150.0, 900.0, np.nan]], dtype=np.float32)
+    wide = np.array([[-100.0, 150.0, 900.0]], dtype=np.float32)
     Image.fromarray(wide, mode="F").save(tmp_path / "wide.tif")
-    np.testing.assert_array_equal(load_rgb_array(tmp_path / "wide.tif")[0, :, 0], [0, 64, 255, 0])
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "wide.tif")[0, :, 0], [0, 64, 255])
+    for bad in (np.nan, np.inf, -np.inf):
+        Image.fromarray(np.array([[0.0, 0.5, bad]], dtype=np.float32), mode="F").save(tmp_path / "bad.tif")
+        with pytest.raises(LsegTrtError, match=r"image .*bad\.tif holds NaN/Inf pixels"):
+            load_rgb_array(tmp_path / "bad.tif")
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

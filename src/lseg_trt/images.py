@@ -3,11 +3,16 @@
 Every input (path, PIL image, array) goes through one decode, `load_rgb_array`, which gives what a
 photo viewer shows as 8-bit RGB:
 - EXIF orientation is applied (`ImageOps.exif_transpose`), as viewers do;
-- 16-bit samples (PNG `I;16*`, and `I`, which PIL also uses for 16-bit data) are scaled by 1/257
-  (`I` clipped to 0..65535 first), so a 16-bit white stays white instead of clipping;
+- 16-bit samples (`I;16*`) are scaled by 1/257, so a 16-bit white stays white instead of clipping;
+- integer samples in PIL's 32-bit mode `I` are scaled by their stored bit depth, which `I` itself
+  does not tell: a TIFF's BitsPerSample (tag 258) of 8 keeps the values (clipped to 0..255), 16
+  scales by 1/257, 32 stretches them as float images are (below), since a 32-bit integer image has no
+  agreed white level either; without one of these depths (PNG, which older Pillow opens as `I` for 16-bit
+  data, or an image made in memory) values up to 65535 are taken as 16-bit (1/257, negatives clipped
+  to 0) and a larger maximum means a wider range, stretched;
 - 32-bit float (`F`, e.g. float TIFF): values within [0, 1] are taken as they are; anything else is
-  stretched linearly from its finite minimum to its finite maximum (NaN becomes the minimum), since
-  float images carry no agreed white level;
+  stretched linearly from its minimum to its maximum, since float images carry no agreed white
+  level; NaN or Inf pixels are refused (a user error), as no colour is right for them;
 - alpha (RGBA, LA, palette transparency) is dropped, not composited: the same pixels as
   `Image.convert("RGB")`, which lang-seg's demos and torchvision pipelines use; CMYK, 1-bit, palette
   and the other PIL modes go through PIL's own conversion.
@@ -35,7 +40,8 @@ from lseg_trt.sizes import SIZE_MULTIPLE, check_size
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SAMPLES = {"chelsea": "chelsea.png", "astronaut": "astronaut.png", "coffee": "coffee.png"}
-_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+_BITS_PER_SAMPLE = 258  # TIFF tag
 # What PIL's decoders raise on a corrupt, truncated or hostile file.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
@@ -66,7 +72,7 @@ def load_rgb_array(source: ImageLike) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            return _rgb_from_pil(image)
+            return _rgb_from_pil(image, f"image {path}")
     except Image.DecompressionBombError as e:
         raise LsegTrtError(f"refusing image {path} (decompression bomb?): {e}") from None
     except _DECODE_ERRORS as e:
@@ -78,12 +84,15 @@ def load_image(source: ImageLike) -> Image.Image:
     return Image.fromarray(load_rgb_array(source))
 
 
-def _rgb_from_pil(image: Image.Image) -> np.ndarray:
+def _rgb_from_pil(image: Image.Image, what: str = "image") -> np.ndarray:
+    bits = _stated_bits(image)  # before the transpose: its copy keeps no TIFF tags
     image = ImageOps.exif_transpose(image)
     if image.mode in _SIXTEEN_BIT:
-        return _rgb_from_array(np.clip(np.asarray(image), 0, 65535).astype(np.uint16))
+        return _rgb_from_array(np.asarray(image).astype(np.uint16))
+    if image.mode == "I":
+        return _rgb_from_integers(np.asarray(image, dtype=np.int64), bits, what)
     if image.mode == "F":
-        return _rgb_from_array(_unit_range(np.asarray(image, dtype=np.float64)))
+        return _rgb_from_array(_unit_range(np.asarray(image, dtype=np.float64), what))
     if image.mode in ("P", "PA"):
         image = image.convert("RGBA")  # palette transparency, converted as PIL asks
     try:
@@ -92,13 +101,31 @@ def _rgb_from_pil(image: Image.Image) -> np.ndarray:
         raise LsegTrtError(f"unsupported image mode {image.mode}: {e}") from None
 
 
-def _unit_range(values: np.ndarray) -> np.ndarray:
-    """Float samples mapped into [0, 1]: kept if already there, else stretched over their finite range."""
-    finite = values[np.isfinite(values)]
-    if finite.size == values.size and (finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1)):
+def _stated_bits(image: Image.Image) -> int | None:
+    """A TIFF's BitsPerSample (one value per channel; they agree for the gray images PIL opens as `I`)."""
+    tags = getattr(image, "tag_v2", None)
+    stated = tags.get(_BITS_PER_SAMPLE) if tags is not None else None
+    if isinstance(stated, tuple):
+        stated = stated[0] if stated else None
+    return stated if isinstance(stated, int) else None
+
+
+def _rgb_from_integers(values: np.ndarray, bits: int | None, what: str) -> np.ndarray:
+    """Mode `I` samples by their bit depth (module docstring)."""
+    if bits == 8:
+        return _rgb_from_array(np.clip(values, 0, 255).astype(np.uint8))
+    if bits == 16 or (bits != 32 and values.size and values.max() <= 65535):
+        return _rgb_from_array(np.clip(values, 0, 65535).astype(np.uint16))
+    return _rgb_from_array(_unit_range(values.astype(np.float64), what))
+
+
+def _unit_range(values: np.ndarray, what: str) -> np.ndarray:
+    """Float samples mapped into [0, 1]: kept if already there, else stretched over their range."""
+    if not np.isfinite(values).all():
+        raise LsegTrtError(f"{what} holds NaN/Inf pixels")
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if low >= 0 and high <= 1:
         return values
-    low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
-    values = np.nan_to_num(values, nan=low, posinf=high, neginf=low)
     return (values - low) / (high - low) if high > low else np.zeros_like(values)
 
 

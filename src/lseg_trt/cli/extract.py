@@ -84,7 +84,7 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
     joined = task.count > 1  # tasks of one run share its folder: join it, never wipe it
     output = prepare_run(
         extractor, items, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
-        shard_size=ns.shard_size, resume=ns.resume or joined, force=ns.force,
+        shard_size=ns.shard_size, resume=ns.resume or joined, force=ns.force, shared=joined,
     )  # fmt: skip
     shards = plan_task(items, ns.shard_size, task)
     todo = pending_shards(shards, output) if ns.resume else shards

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.feature_tree import FeatureKey
-from lseg_trt.files import durable_write
+from lseg_trt.files import durable_write, remove_stale_temps
 from lseg_trt.names import inside, safe_component
 from lseg_trt.sizes import format_size
 
@@ -83,12 +83,14 @@ class RunLayout:
         return inside(self.out, *key.path(Path()).parts)
 
 
-def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool) -> None:
+def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, shared: bool = False) -> None:
     """Create or reopen the run folder for `settings`.
 
     A folder with results is reopened only with `resume` (settings must match) or `force` (its
     manifests and shards are removed first); otherwise it is a user error, so a second run never
-    mixes its features with the first one's silently.
+    mixes its features with the first one's silently. A `shared` run folder (the `--shard K/N` tasks of
+    one run, maybe on other hosts) keeps other processes' temporaries: a pid says nothing across hosts, and
+    each writer clears the leftovers of the shards it redoes itself.
     """
     if resume and force:
         raise LsegTrtError("--resume and --force exclude each other: resume keeps finished work, force redoes it")
@@ -107,8 +109,20 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool) -
             raise LsegTrtError(f"cannot resume {layout.run_dir}: settings differ ({shown}); use --force to redo it")
     elif has_results:
         raise LsegTrtError(f"{layout.run_dir} already holds results: pass --resume to continue or --force to redo")
+    if (resume or force) and not shared:
+        remove_run_temps(layout)
     layout.manifest_dir.mkdir(parents=True, exist_ok=True)
     durable_write(layout.settings_path, (json.dumps(settings, indent=2, sort_keys=True) + "\n").encode())
+
+
+def remove_run_temps(layout: RunLayout) -> list[Path]:
+    """Remove the temporaries a killed run left (`files.remove_stale_temps`: their process is gone), which
+    no resume would ever finish and `manifest check` reports as half-written: in the run folder, its
+    shards and manifests, and, for npy, the image folders that hold one. Those of live processes stay."""
+    folders = {layout.run_dir, layout.run_dir / "shards", layout.manifest_dir}
+    if layout.format == "npy":
+        folders |= {path.parent for path in layout.tree.glob("*/.*.tmp")}
+    return [path for folder in sorted(folders) for path in remove_stale_temps(folder)]
 
 
 def read_settings(layout_or_dir: RunLayout | Path) -> dict:

@@ -23,7 +23,7 @@ from lseg_trt.extraction.extractor import FeatureExtractor
 from lseg_trt.extraction.manifest import RunLayout, read_manifest, start_run, write_shard_manifest
 from lseg_trt.extraction.pipeline import STAGES, Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca
-from lseg_trt.extraction.sources import Item, Source, list_items
+from lseg_trt.extraction.sources import Item, Source, scan
 from lseg_trt.extraction.writers import ShardWriter, WriterPool, shard_writer
 
 log = logging.getLogger(__name__)
@@ -72,8 +72,10 @@ def open_run(
     shard_size: int = 64,
     resume: bool = False,
     force: bool = False,
+    shared: bool = False,
 ) -> RunOutput:
-    """Create (or reopen, with `resume`) the run folder for this extractor and settings."""
+    """Create (or reopen, with `resume`) the run folder for this extractor and settings; `shared` when the
+    tasks of one run join it (see `manifest.start_run`)."""
     extractor.activate()
     layout = layout_for(extractor, out, format)
     reduction.check(extractor.feature_shape)  # type: ignore[arg-type]
@@ -89,7 +91,7 @@ def open_run(
         "batch_size": extractor.batch_size,
         **extractor.metadata,
     }
-    start_run(layout, settings, resume=resume, force=force)
+    start_run(layout, settings, resume=resume, force=force, shared=shared)
     if reduction.pca is not None:
         reduction.pca.save(layout.pca_path)
     shape = (1, *reduction.output_shape(extractor.feature_shape))  # type: ignore[arg-type]
@@ -103,6 +105,7 @@ class Summary:
     run_dir: Path
     done: int = 0
     skipped: int = 0  # finished in an earlier run (resume)
+    ignored: int = 0  # hidden or special entries the folder walk passed over (`sources.Listing`)
     failed: list[tuple[str, str]] = field(default_factory=list)
     nonfinite: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -121,6 +124,8 @@ class Summary:
             f"{len(self.nonfinite)} non-finite in {self.seconds:.1f}s ({rate:.1f} images/s) -> {self.run_dir}",
             f"time per stage: {stages}",
         ]
+        if self.ignored:
+            lines.append(f"skipped {self.ignored} hidden or special entries of the inputs")
         lines += [f"failed: {name}: {reason}" for name, reason in self.failed[:20]]
         lines += [f"non-finite features: {name}" for name in self.nonfinite[:20]]
         return "\n".join(lines)
@@ -248,15 +253,18 @@ def extract_shard(extractor: FeatureExtractor, shard: ShardSpec, output: RunOutp
 
 
 def pending_shards(shards: list[ShardSpec], output: RunOutput) -> list[ShardSpec]:
-    """Shards without a manifest, or whose items (names, sizes, mtimes) changed since it was written."""
+    """Shards not finished: without a manifest, with an item whose source (name, size, mtime) changed
+    since it was written, or with an item not `done`. Failed and non-finite items are tried again, so
+    a resume reports them again (and fails again) instead of passing on an earlier run's failures; a
+    file fixed in place, or a fixed network, then gives features."""
     finished = read_manifest(output.layout.run_dir)
-    todo = []
-    for shard in shards:
-        records = finished.get(shard.index)
-        same = records is not None and [r["name"] for r in records] == [i.name for i in shard.items]
-        if not (same and all(i.unchanged(r) for i, r in zip(shard.items, records, strict=True))):
-            todo.append(shard)
-    return todo
+    return [shard for shard in shards if not _finished(shard, finished.get(shard.index))]
+
+
+def _finished(shard: ShardSpec, records: list[dict] | None) -> bool:
+    if records is None or [r.get("name") for r in records] != [i.name for i in shard.items]:
+        return False
+    return all(r.get("status") == "done" and i.unchanged(r) for i, r in zip(shard.items, records, strict=True))
 
 
 def fit_run_pca(extractor: FeatureExtractor, items: list[Item], k: int, pool: int, frames: int = 16) -> PCABasis:
@@ -283,6 +291,7 @@ def prepare_run(
     shard_size: int = 64,
     resume: bool = False,
     force: bool = False,
+    shared: bool = False,
 ) -> RunOutput:
     """The reduction (fitting or reloading the PCA basis over all `items`) and the opened run folder:
     done once, by whoever coordinates a run, before any shard is written."""
@@ -293,8 +302,9 @@ def prepare_run(
         basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, pca, pool)
     reduction = Reduction(dtype, pool, basis)
     return open_run(
-        extractor, out, format=format, reduction=reduction, shard_size=shard_size, resume=resume, force=force
-    )
+        extractor, out, format=format, reduction=reduction, shard_size=shard_size, resume=resume, force=force,
+        shared=shared,
+    )  # fmt: skip
 
 
 def extract(
@@ -320,10 +330,11 @@ def extract(
         format: `shards` (safetensors, `shard_size` items each) or `npy` (one file per image, seed layout).
         dtype: storage dtype, fp16 or fp32. pool: average the feature grid over pool x pool cells.
         pca: project to this many channels (basis fitted on 16 frames of the run, stored beside it).
-        resume: skip shards the manifest records as finished with unchanged sources. force: redo all.
+        resume: skip shards whose items the manifest records as done, from unchanged sources. force: redo all.
     """
     extractor.activate()
-    items = list_items(source)
+    listing = scan(source)
+    items = listing.items
     shards = plan_shards(items, shard_size)
     output = prepare_run(
         extractor, items, out, format=format, dtype=dtype, pool=pool, pca=pca, shard_size=shard_size,
@@ -332,4 +343,5 @@ def extract(
     todo = pending_shards(shards, output) if resume else shards
     summary = run_shards(extractor, todo, output, progress=progress)
     summary.skipped = len(items) - sum(len(s.items) for s in todo)
+    summary.ignored = listing.ignored
     return summary

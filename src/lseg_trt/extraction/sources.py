@@ -58,31 +58,66 @@ def item_component(name: str) -> str:
     return component
 
 
+@dataclass(frozen=True)
+class Listing:
+    """The items of a source, and how many entries of its folders and globs were passed over as hidden
+    (a name starting with `.`, counted once however much it holds) or special (FIFO, socket, device,
+    broken link): a walk that drops files must say so."""
+
+    items: list[Item]
+    ignored: int = 0
+
+
 def list_items(source: Source) -> list[Item]:
     """Every item of `source` (a folder, searched recursively; a glob; a `.txt`/`.lst` list file with
     one path per line; a video; an image; or a list of these), sorted by name, names unique."""
+    return scan(source).items
+
+
+def scan(source: Source) -> Listing:
+    """`list_items`, with the count of hidden and special entries skipped (each folder or glob that
+    skips some logs one warning)."""
     sources = [source] if isinstance(source, str | Path) else list(source)
-    found = [entry for s in sources for entry in _expand(str(s))]
+    expanded = [_expand(str(s)) for s in sources]
+    found = [entry for entries, _ in expanded for entry in entries]
     items = [frame for name, path in _unique_names(found) for frame in _frames(_file_item(name, path))]
     if not items:
         raise LsegTrtError(f"no images found in {', '.join(map(str, sources))}")
-    return sorted(items, key=lambda i: i.name)
+    return Listing(sorted(items, key=lambda i: i.name), sum(ignored for _, ignored in expanded))
 
 
-def _expand(text: str) -> list[tuple[Path, Path]]:
+def _expand(text: str) -> tuple[list[tuple[Path, Path]], int]:
+    """The (file, root) pairs of one source, and how many hidden or special entries it skipped."""
+    if not text.strip():
+        raise LsegTrtError("empty input path: name a folder, glob, list file, video or image")
     path = Path(text)
     if any(c in text for c in "*?["):
         root = Path(*[p for p in Path(text).parts[: _first_magic(text)]]) if _first_magic(text) else Path(".")
-        files = sorted(Path(p) for p in glob.glob(text, recursive=True) if Path(p).is_file())
-        return [(f, root) for f in files if _wanted(f)]
+        matches = [Path(p) for p in glob.glob(text, recursive=True)]
+        special = [p for p in matches if not p.is_file() and not p.is_dir()]
+        _warn_skipped(len(special), text)
+        return [(f, root) for f in sorted(p for p in matches if p.is_file() and _wanted(p))], len(special)
     if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and _wanted(f) and not _hidden(f, path))
-        return [(f, path) for f in files]
+        entries = list(path.rglob("*"))
+        hidden = [f for f in entries if _hidden(f, path)]
+        ignored = sum(1 for f in hidden if not _hidden(f.parent, path)) + sum(
+            1 for f in entries if not _hidden(f, path) and not f.is_file() and not f.is_dir()
+        )
+        _warn_skipped(ignored, text)
+        files = sorted(f for f in entries if f.is_file() and _wanted(f) and not _hidden(f, path))
+        return [(f, path) for f in files], ignored
+    if path.exists() and not path.is_file():  # links followed: a link to /dev/zero is a device
+        raise LsegTrtError(f"input {path} is not a regular file (a device, FIFO or socket)")
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-        return _list_file(path)
+        return _list_file(path), 0
     if path.is_file():
-        return [(path, path.parent)]
+        return [(path, path.parent)], 0
     raise LsegTrtError(f"input not found: {path}")
+
+
+def _warn_skipped(count: int, where: str) -> None:
+    if count:
+        log.warning("skipped %d hidden or special entries in %s", count, where)
 
 
 def _first_magic(text: str) -> int:

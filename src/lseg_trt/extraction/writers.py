@@ -9,6 +9,7 @@ format allows. Equal inputs give equal bytes, so a shard redone after a kill is 
 
 from __future__ import annotations
 
+import glob
 import io
 import json
 import logging
@@ -18,6 +19,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -48,11 +50,19 @@ class ShardWriter(ABC):
         """Drop what an unfinished shard wrote that is not final."""
 
 
+def clear_leftovers(path: Path) -> None:
+    """Remove temporaries of `path` that a killed writer of the same shard left (any pid, any host: this
+    process now writes that shard, so nobody else does)."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 class NpyShardWriter(ShardWriter):
     """The seed layout: one `<image>/<HxW>.npy` per item, each written atomically and fsync'ed."""
 
     def add(self, item: Item, array: np.ndarray) -> dict[str, str]:
         path = self.layout.npy_file(item.component)
+        clear_leftovers(path)
         array = np.ascontiguousarray(array)
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
@@ -80,6 +90,7 @@ class SafetensorsShardWriter(ShardWriter):
         self.reserved = len(every) + (-len(every) % 8)  # the most the real header can need, 8-aligned
         self.path = layout.shard_file(index)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        clear_leftovers(self.path)
         self.tmp = temp_path(self.path)
         self.fh = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit / abort
         self.fh.write(b"\0" * (8 + self.reserved))

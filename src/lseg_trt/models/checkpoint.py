@@ -11,9 +11,11 @@ back to unsafe loading.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
+import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -66,7 +68,7 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     path = regular_file(path, "checkpoint")
     stand_ins = _stand_ins(path)
     try:
-        with torch.serialization.safe_globals(stand_ins):
+        with torch.serialization.safe_globals(stand_ins), _quiet_torch():
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=_is_zip(path))
     except pickle.UnpicklingError as e:
         lines = [line for line in str(e).splitlines() if line.strip()]
@@ -75,6 +77,16 @@ def read_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise LsegTrtError(f"cannot read checkpoint {path} (corrupt or truncated?): {e}") from None
     return _model_tensors(obj, path)
+
+
+@contextlib.contextmanager
+def _quiet_torch() -> Iterator[None]:
+    """Silence torch's warnings while it unpickles (quantized, sparse or TypedStorage tensors): a file we
+    refuse a moment later with one clear line should not first print torch's notes about its internals."""
+    with warnings.catch_warnings():
+        for category in (UserWarning, DeprecationWarning):
+            warnings.filterwarnings("ignore", category=category, module=r"torch(\.|$)")
+        yield
 
 
 def _is_zip(path: Path) -> bool:
