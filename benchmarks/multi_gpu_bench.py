@@ -14,7 +14,6 @@ scaling efficiency throughput_N / (N * throughput_1) of each. Writes multi_gpu.j
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -28,7 +27,8 @@ import torch
 import lseg_trt
 from lseg_trt.extraction import list_items, plan_shards
 from lseg_trt.extraction.multi_gpu import ExtractorSpec, parse_devices, run_devices
-from lseg_trt.extraction.run import prepare_run
+from lseg_trt.extraction.run import RunOptions, prepare_run
+from lseg_trt.reports import write_result
 from lseg_trt.sizes import parse_size
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -50,7 +50,7 @@ def measure(spec: ExtractorSpec, devices: list[str], frames: Path, out: Path, ns
     shutil.rmtree(out, ignore_errors=True)
     items = list_items(frames)
     with spec.build(devices[0]) as extractor:
-        output = prepare_run(extractor, items, out, format="shards", pool=ns.pool, shard_size=ns.shard_size)
+        output = prepare_run(extractor, items, out, RunOptions(pool=ns.pool, shard_size=ns.shard_size))
     summary = run_devices(spec, devices, plan_shards(items, ns.shard_size), output)
     workers = {k: v for k, v in summary.timings.items() if k.startswith("worker")}
     slowest = max(workers.values())
@@ -109,11 +109,8 @@ def main() -> None:
         "efficiency_end_to_end": many["images_per_s_end_to_end"] / (n * one["images_per_s_end_to_end"]),
         "efficiency_steady": many["images_per_s_steady"] / (n * one["images_per_s_steady"]),
     }  # fmt: skip
-    out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "multi_gpu.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = render(result)
-    (out / "multi_gpu.md").write_text(markdown)
+    write_result(Path(ns.out), "multi_gpu", result, markdown)
     print(markdown)
     if not ns.work:
         shutil.rmtree(work, ignore_errors=True)

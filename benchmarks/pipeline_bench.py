@@ -16,7 +16,6 @@ Writes pipeline.json and pipeline.md to --out and prints the Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -33,6 +32,7 @@ from lseg_trt import hwinfo
 from lseg_trt.extraction import FeatureExtractor, Reduction, extract, fit_pca, reduction_fidelity
 from lseg_trt.extraction.preprocess import gpu_vs_pil
 from lseg_trt.images import samples
+from lseg_trt.reports import write_result
 from lseg_trt.sizes import parse_size
 
 
@@ -185,11 +185,8 @@ def main() -> None:
         for k in sorted({min(channels, 64), min(channels, 16)}, reverse=True):
             options[f"fp16 pca{k}"] = Reduction(pca=fit_pca([sample], k))
         result["reduction_fidelity"] = reduction_fidelity(sample, options, text.to(sample.device))
-    out = Path(ns.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "pipeline.json").write_text(json.dumps(result, indent=2) + "\n")
     markdown = render(result)
-    (out / "pipeline.md").write_text(markdown)
+    write_result(Path(ns.out), "pipeline", result, markdown)
     print(markdown)
     if not ns.work:
         shutil.rmtree(work, ignore_errors=True)

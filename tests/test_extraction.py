@@ -273,13 +273,14 @@ def test_shared_run_keeps_other_processes_temporaries(
 ) -> None:
     """Tasks of `--shard K/N` join one folder, maybe from other hosts, where a pid means nothing: joining
     must not delete a temporary of a shard this task does not write."""
-    from lseg_trt.extraction.run import prepare_run
+    from lseg_trt.extraction.run import RunOptions, prepare_run
 
     summary = extract(extractor, folder / "cam0", tmp_path, shard_size=2, progress=False)
     other = summary.run_dir / "shards" / f".00099.safetensors.{_dead_pid()}.tmp"  # another host's shard
     other.write_bytes(b"being written elsewhere")
     items = list_items(folder / "cam0")
-    prepare_run(extractor, items, tmp_path, shard_size=2, resume=True, shared=True)
+    options = RunOptions(shard_size=2, resume=True)
+    prepare_run(extractor, items, tmp_path, options, shared=True)
     assert other.exists()
-    prepare_run(extractor, items, tmp_path, shard_size=2, resume=True)  # a run of its own cleans up
+    prepare_run(extractor, items, tmp_path, options)  # a run of its own cleans up
     assert not other.exists()

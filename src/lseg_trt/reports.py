@@ -22,6 +22,16 @@ class ReportPaths:
         return iter((self.markdown, self.csv, self.json))
 
 
+def write_result(out_dir: Path, stem: str, record: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """`<stem>.json` and `<stem>.md` of one benchmark script's run (atomically); returns both paths."""
+    paths = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
+    with atomic_path(paths[0]) as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    with atomic_path(paths[1]) as tmp:
+        tmp.write_text(markdown)
+    return paths
+
+
 def write_report(
     out_dir: Path, stem: str, markdown: str, rows: list[dict[str, Any]], record: dict[str, Any], rows_key: str = "rows"
 ) -> ReportPaths:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape, placed_encoder
+from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, placed_encoder
 from lseg_trt.compiled_cache import PackageRequest, package_for
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.hwinfo import gpu_target
@@ -57,12 +57,7 @@ class AotiRunner(Runner):
 
     @classmethod
     def from_source(
-        cls,
-        spec: BackendSpec,
-        source: ModelSource,
-        device: str | torch.device,
-        cache_dir: Path,
-        profile: Profile | None,
+        cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> AotiRunner:
         if source.lseg is None:
             raise LsegTrtError(f"{spec.name} compiles PyTorch weights; {source.path} is a {source.kind} file")

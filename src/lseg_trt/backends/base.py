@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from lseg_trt.tensorrt.options import Profile
 
 Shape = tuple[int, int, int, int]
+Device = str | torch.device
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -49,7 +50,7 @@ class Runner(ABC):
     engines are exported or built through the caches; `__init__` only stores what it is given.
     """
 
-    def __init__(self, spec: BackendSpec, device: str | torch.device) -> None:
+    def __init__(self, spec: BackendSpec, device: Device) -> None:
         self.spec = spec
         self.device = torch.device(device)
         self.active = False
@@ -59,12 +60,7 @@ class Runner(ABC):
     @classmethod
     @abstractmethod
     def from_source(
-        cls,
-        spec: BackendSpec,
-        source: ModelSource,
-        device: str | torch.device,
-        cache_dir: Path,
-        profile: Profile | None,
+        cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> Runner:
         """A runner for `source`, making the artefact it needs (ONNX, engine) under `cache_dir`."""
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from lseg_trt.backends.base import BackendSpec, Runner, onnx_of
+from lseg_trt.backends.base import BackendSpec, Device, Runner, onnx_of
 from lseg_trt.errors import LsegTrtError, MissingDependencyError
 
 if TYPE_CHECKING:
@@ -32,12 +32,7 @@ class OnnxRuntimeRunner(Runner):
 
     @classmethod
     def from_source(
-        cls,
-        spec: BackendSpec,
-        source: ModelSource,
-        device: str | torch.device,
-        cache_dir: Path,
-        profile: Profile | None,
+        cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> OnnxRuntimeRunner:
         return cls(onnx_of(source, spec.precision, cache_dir, spec.name), spec, device)
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape, onnx_of
+from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, onnx_of
 from lseg_trt.engines import EngineRecord
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.tensorrt.compat import load
@@ -47,12 +47,7 @@ class TensorRTRunner(Runner):
 
     @classmethod
     def from_source(
-        cls,
-        spec: BackendSpec,
-        source: ModelSource,
-        device: str | torch.device,
-        cache_dir: Path,
-        profile: Profile | None,
+        cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> TensorRTRunner:
         from lseg_trt.engines import engine_for
 

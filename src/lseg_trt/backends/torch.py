@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.backends.base import BackendSpec, GraphCache, Runner, Shape, placed_encoder
+from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, placed_encoder
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.models import LSegImageEncoder
 
@@ -30,12 +30,7 @@ class TorchRunner(Runner):
 
     @classmethod
     def from_source(
-        cls,
-        spec: BackendSpec,
-        source: ModelSource,
-        device: str | torch.device,
-        cache_dir: Path,
-        profile: Profile | None,
+        cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> TorchRunner:
         if source.lseg is None:
             raise LsegTrtError(f"{spec.name} runs PyTorch weights; {source.path} is a {source.kind} file")

@@ -79,13 +79,11 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
 
     from lseg_trt.extraction.multi_gpu import ExtractorSpec, run_devices
     from lseg_trt.extraction.partition import plan_task
-    from lseg_trt.extraction.run import pending_shards, prepare_run, run_shards
+    from lseg_trt.extraction.run import RunOptions, pending_shards, prepare_run, run_shards
 
     joined = task.count > 1  # tasks of one run share its folder: join it, never wipe it
-    output = prepare_run(
-        extractor, items, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
-        shard_size=ns.shard_size, resume=ns.resume or joined, force=ns.force, shared=joined,
-    )  # fmt: skip
+    options = RunOptions(ns.format, ns.dtype, ns.pool, ns.pca or None, ns.shard_size, ns.resume or joined, ns.force)
+    output = prepare_run(extractor, items, out, options, shared=joined)
     shards = plan_task(items, ns.shard_size, task)
     todo = pending_shards(shards, output) if ns.resume else shards
     if devices is None and ns.ray is None:

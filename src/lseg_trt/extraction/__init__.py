@@ -6,6 +6,7 @@ from lseg_trt.extraction.manifest import FORMATS, RunLayout
 from lseg_trt.extraction.reader import FeatureSet, open_features
 from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca, reduction_fidelity
 from lseg_trt.extraction.run import (
+    RunOptions,
     RunOutput,
     ShardSpec,
     Summary,
@@ -26,6 +27,7 @@ __all__ = [
     "PCABasis",
     "Reduction",
     "RunLayout",
+    "RunOptions",
     "RunOutput",
     "ShardSpec",
     "Summary",

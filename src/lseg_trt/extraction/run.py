@@ -279,31 +279,40 @@ def fit_run_pca(extractor: FeatureExtractor, items: list[Item], k: int, pool: in
     return fit_pca(grids, k)
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run stores features and treats earlier results: what `extract`'s keywords and the CLI set."""
+
+    format: str = "shards"  # shards (safetensors, shard_size items each) | npy (one file per image)
+    dtype: str = "fp16"  # storage dtype
+    pool: int = 1  # average the feature grid over pool x pool cells
+    pca: int | None = None  # project to this many channels (basis fitted on the run, stored beside it)
+    shard_size: int = 64
+    resume: bool = False  # skip shards the manifest records as done, from unchanged sources
+    force: bool = False  # redo an existing run
+
+
 def prepare_run(
     extractor: FeatureExtractor,
     items: list[Item],
     out: str | Path,
+    options: RunOptions = RunOptions(),
     *,
-    format: str = "shards",
-    dtype: str = "fp16",
-    pool: int = 1,
-    pca: int | None = None,
-    shard_size: int = 64,
-    resume: bool = False,
-    force: bool = False,
     shared: bool = False,
 ) -> RunOutput:
     """The reduction (fitting or reloading the PCA basis over all `items`) and the opened run folder:
-    done once, by whoever coordinates a run, before any shard is written."""
+    done once, by whoever coordinates a run, before any shard is written; `shared` when the tasks of one
+    run join its folder (see `manifest.start_run`)."""
+    o = options
     basis = None
-    if pca is not None:
-        layout = layout_for(extractor, out, format)
-        reusable = resume and layout.pca_path.exists()
-        basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, pca, pool)
-    reduction = Reduction(dtype, pool, basis)
+    if o.pca is not None:
+        layout = layout_for(extractor, out, o.format)
+        reusable = o.resume and layout.pca_path.exists()
+        basis = PCABasis.load(layout.pca_path) if reusable else fit_run_pca(extractor, items, o.pca, o.pool)
+    reduction = Reduction(o.dtype, o.pool, basis)
     return open_run(
-        extractor, out, format=format, reduction=reduction, shard_size=shard_size, resume=resume, force=force,
-        shared=shared,
+        extractor, out, format=o.format, reduction=reduction, shard_size=o.shard_size, resume=o.resume,
+        force=o.force, shared=shared,
     )  # fmt: skip
 
 
@@ -336,10 +345,7 @@ def extract(
     listing = scan(source)
     items = listing.items
     shards = plan_shards(items, shard_size)
-    output = prepare_run(
-        extractor, items, out, format=format, dtype=dtype, pool=pool, pca=pca, shard_size=shard_size,
-        resume=resume, force=force,
-    )  # fmt: skip
+    output = prepare_run(extractor, items, out, RunOptions(format, dtype, pool, pca, shard_size, resume, force))
     todo = pending_shards(shards, output) if resume else shards
     summary = run_shards(extractor, todo, output, progress=progress)
     summary.skipped = len(items) - sum(len(s.items) for s in todo)
