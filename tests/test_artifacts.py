@@ -270,6 +270,15 @@ def test_onnx_with_forged_metadata_is_refused(vit_onnx: Path, tmp_path: Path) ->
         open_model(onnx=str(forged))
 
 
+def test_onnx_claiming_a_variant_of_another_width_is_refused(vit_onnx: Path, tmp_path: Path) -> None:
+    model = onnx.load(str(vit_onnx))
+    onnx.helper.set_model_props(model, {**inspect_onnx(vit_onnx).metadata, "variant": "vit_l16"})  # 512, not 32
+    forged = tmp_path / "wider.onnx"
+    onnx.save(model, str(forged))
+    with pytest.raises(LsegTrtError, match="512 channels, but the graph puts out 32"):
+        open_model(onnx=str(forged))
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

@@ -131,8 +131,15 @@ def open_model(
         raise LsegTrtError(f"{'ONNX model' if kind == 'onnx' else 'engine'} not found: {path}")
     record = None
     if kind == "onnx":
-        meta = onnx_info(path).metadata
+        inspected = onnx_info(path)
+        meta = inspected.metadata
         info = model_info_from_metadata(meta, str(path))
+        out_c = VARIANTS[info.variant].out_c
+        if inspected.channels is not None and inspected.channels != out_c:
+            raise LsegTrtError(
+                f"{path}: its metadata says {info.variant}, whose features have {out_c} channels, but the graph "
+                f"puts out {inspected.channels}"
+            )
         status = verification_status(meta)
         if status is False:
             raise LsegTrtError(f"{path} failed its check against PyTorch (or its record is damaged); re-export it")

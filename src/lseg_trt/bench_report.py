@@ -87,7 +87,8 @@ def plot(rows: list[BenchRow], path: Path) -> None:
         ax.set_xticks([h * w for h, w in sizes], [f"{h}x{w}" for h, w in sizes], rotation=45, fontsize=8)
         ax.minorticks_off()
         ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.lines:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     save_figure(fig, path)
 

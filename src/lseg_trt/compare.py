@@ -172,10 +172,17 @@ def markdown(comparisons: list[Comparison], title: str) -> str:
     ]
     for c in comparisons:
         m = c.metrics
+        # with NaN/Inf the metrics are of zero-filled maps: not numbers to read as agreement
+        values = (
+            ["n/a"] * 6
+            if m.nonfinite
+            else [f"{m.cosine:.7f}", f"{m.pixel_cosine_min:.6f}", f"{m.pixel_cosine_mean:.7f}",
+                  f"{m.pixel_cosine_p1:.6f}", f"{m.rel_l2:.2e}", f"{m.max_abs:.2e}"]
+        )  # fmt: skip
         lines.append(
-            f"| {c.mode} | {c.variant} | {c.weights} | {c.image} | {c.size} | {c.reference} | {c.candidate} "
-            f"| {m.cosine:.7f} | {m.pixel_cosine_min:.6f} | {m.pixel_cosine_mean:.7f} | {m.pixel_cosine_p1:.6f} "
-            f"| {m.rel_l2:.2e} | {m.max_abs:.2e} | {m.nonfinite} | {c.verdict} |"
+            f"| {c.mode} | {c.variant} | {c.weights} | {c.image} | {c.size} | {c.reference} | {c.candidate} | "
+            + " | ".join(values)
+            + f" | {m.nonfinite} | {c.verdict} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -187,7 +187,8 @@ class OnnxInfo:
 
     metadata: dict[str, str]
     opset: int
-    precision: str  # from our metadata; for foreign models, fp16 if any initializer is fp16
+    precision: str  # from the weights' own type (metadata that claims otherwise is refused)
+    channels: int | None  # the output's feature dimension when the graph fixes it
 
 
 def inspect_onnx(path: str | Path) -> OnnxInfo:
@@ -206,7 +207,9 @@ def inspect_onnx(path: str | Path) -> OnnxInfo:
     if claimed is not None and claimed != precision:
         raise LsegTrtError(f"{path}: its metadata says {str(claimed)[:20]!r}, but its weights are {precision}")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
-    return OnnxInfo(meta, opset, precision)
+    dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
+    channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
+    return OnnxInfo(meta, opset, precision, channels)
 
 
 def onnx_from_lseg(
