@@ -29,7 +29,6 @@ from lseg_trt.sizes import format_size
 log = logging.getLogger(__name__)
 
 FORMATS = ("npy", "shards")
-STATUSES = ("done", "failed", "nonfinite")
 # run.json fields that may differ between a run and its resume.
 INFORMATIONAL = ("lseg_trt_version", "batch_size", "workers")
 

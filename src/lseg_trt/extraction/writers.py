@@ -136,7 +136,6 @@ class Background:
         self.tasks: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=max(1, depth))
         self.error: BaseException | None = None
         self.cancelled = False
-        self.busy = 0.0  # seconds spent running tasks
         self.blocked = 0.0  # seconds producers waited for room
         self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.thread.start()
@@ -144,12 +143,10 @@ class Background:
     def _run(self) -> None:
         while (task := self.tasks.get()) is not None:
             if self.error is None and not self.cancelled:
-                start = time.perf_counter()
                 try:
                     task()
                 except BaseException as e:  # noqa: BLE001 - handed to the producer
                     self.error = e
-                self.busy += time.perf_counter() - start
 
     def _raise(self) -> None:
         if self.error is not None:
