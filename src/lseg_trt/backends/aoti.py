@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, placed_encoder
+from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
 from lseg_trt.compiled_cache import PackageRequest, package_for
-from lseg_trt.errors import LsegTrtError
 from lseg_trt.hwinfo import gpu_target
 
 if TYPE_CHECKING:
@@ -59,10 +58,8 @@ class AotiRunner(Runner):
     def from_source(
         cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> AotiRunner:
-        if source.lseg is None:
-            raise LsegTrtError(f"{spec.name} compiles PyTorch weights; {source.path} is a {source.kind} file")
         return cls(
-            source.lseg.image_encoder,
+            lseg_of(source, spec.name).image_encoder,
             spec,
             device,
             Path(cache_dir) / "aoti",

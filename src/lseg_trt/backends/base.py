@@ -21,6 +21,7 @@ from lseg_trt.errors import LsegTrtError
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
+    from lseg_trt.models import LSeg
     from lseg_trt.tensorrt.options import Profile
 
 Shape = tuple[int, int, int, int]
@@ -121,15 +122,20 @@ def placed_encoder(encoder: torch.nn.Module, device: torch.device, precision: st
     return model.to(memory_format=torch.channels_last) if precision != "fp32" else model
 
 
+def lseg_of(source: ModelSource, backend: str) -> LSeg:
+    """The loaded network of a weights source; any other source is a user error naming the backend."""
+    if source.lseg is None:
+        raise LsegTrtError(f"{backend} needs PyTorch weights; {source.path} is a {source.kind} file")
+    return source.lseg
+
+
 def onnx_of(source: ModelSource, precision: str, cache_dir: Path, backend: str) -> Path:
     """The ONNX file a source runs as: its own, or the cached export of its weights."""
     from lseg_trt.onnx_cache import onnx_for
 
     if source.kind == "onnx":
         return source.path  # type: ignore[return-value]
-    if source.lseg is None:
-        raise LsegTrtError(f"{backend} runs ONNX models; {source.path} is a {source.kind} file")
-    return onnx_for(source.lseg, precision, cache_dir / "onnx")
+    return onnx_for(lseg_of(source, backend), precision, cache_dir / "onnx")
 
 
 def default_device() -> str:

@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, placed_encoder
-from lseg_trt.errors import LsegTrtError
+from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
 from lseg_trt.models import LSegImageEncoder
 
 if TYPE_CHECKING:
@@ -32,9 +31,7 @@ class TorchRunner(Runner):
     def from_source(
         cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> TorchRunner:
-        if source.lseg is None:
-            raise LsegTrtError(f"{spec.name} runs PyTorch weights; {source.path} is a {source.kind} file")
-        return cls(source.lseg.image_encoder, spec, device)
+        return cls(lseg_of(source, spec.name).image_encoder, spec, device)
 
     def _activate(self) -> None:
         model = placed_encoder(self.source, self.device, self.spec.precision)

@@ -151,12 +151,5 @@ def summary_from_manifests(summary: Summary, shards: list[ShardSpec], run_dir: P
     if missing:
         raise LsegTrtError(f"shards {missing[:10]} have no manifest after the run; rerun with --resume")
     for shard in shards:
-        for record in finished[shard.index]:
-            summary.records.append(record)
-            if record["status"] == "done":
-                summary.done += 1
-            elif record["status"] == "failed":
-                summary.failed.append((record["name"], record.get("reason", "")))
-            else:
-                summary.nonfinite.append(record["name"])
+        summary.count(finished[shard.index])
     return summary

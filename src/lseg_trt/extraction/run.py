@@ -116,6 +116,17 @@ class Summary:
     def ok(self) -> bool:
         return not self.failed and not self.nonfinite
 
+    def count(self, records: list[dict]) -> None:
+        """Add manifest records to the tallies (done, failed with its reason, non-finite)."""
+        for record in records:
+            self.records.append(record)
+            if record["status"] == "done":
+                self.done += 1
+            elif record["status"] == "failed":
+                self.failed.append((record["name"], record.get("reason", "")))
+            else:
+                self.nonfinite.append(record["name"])
+
     def describe(self) -> str:
         rate = self.done / self.seconds if self.seconds > 0 else 0.0
         stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
@@ -194,9 +205,11 @@ def run_shards(
             state.record(item, "failed", reason=reason)
         bar.update(len(failed))
 
+    committed: list[dict] = []
+
     def commit(state: _ShardState) -> None:
         begin = time.perf_counter()
-        summary.records.extend(state.commit())
+        committed.extend(state.commit())
         timings.add("write", time.perf_counter() - begin)
 
     try:
@@ -235,15 +248,8 @@ def run_shards(
     finally:
         bar.close()
     summary.seconds = time.perf_counter() - start
-    summary.records.sort(key=lambda r: r["shard"])  # shards commit on several threads; keep plan order
     summary.timings = {k: round(v, 4) for k, v in timings.seconds.items() if k in STAGES or v > 0}
-    for record in summary.records:
-        if record["status"] == "done":
-            summary.done += 1
-        elif record["status"] == "failed":
-            summary.failed.append((record["name"], record["reason"]))
-        else:
-            summary.nonfinite.append(record["name"])
+    summary.count(sorted(committed, key=lambda r: r["shard"]))  # shards commit on several threads: plan order
     return summary
 
 
