@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs of issues 11-13 on the device tool's machine (torch backends only: TensorRT is not installed
 # there, and TensorRT-RTX refuses Hopper). Usage, in the repository root on the GPU machine:
-#   bash benchmarks/gpu_run.sh OUT_DIR pipeline|multi|speed
+#   bash benchmarks/gpu_run.sh OUT_DIR pipeline|multi|speed|profile [ARGS]
 # Each part writes its JSON/Markdown under OUT_DIR and its log beside them.
 set -uo pipefail
 out=$1; part=$2
@@ -17,5 +17,7 @@ case "$part" in
   multi)
     python3 benchmarks/multi_gpu_bench.py --out "$out/multi" "${@:3}" 2>&1 | tee "$out/multi.log" ;;
   speed)
-    python3 benchmarks/gpu_speed.py --out "$out/speed" "${@:3}" 2>&1 | tee "$out/speed.log" ;;
+    python3 benchmarks/gpu_speed.py "$out/speed" "${@:3}" 2>&1 | tee "$out/speed.log" ;;
+  profile)
+    python3 benchmarks/profile_gpu.py "${@:3}" > "$out/profile.md" 2> "$out/profile.log" ;;
 esac

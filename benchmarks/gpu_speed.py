@@ -9,19 +9,23 @@ so a run always ends with its results written; OUT/gpu_speed.{json,md} are rewri
 - ceiling: the same run's dense bf16 GEMM TFLOP/s (`lseg_trt.bench.matmul_ceiling`), the yardstick.
 - attention: SDPA alone at ViT-L's token counts, per backend (flash / efficient / cuDNN), and which one
   PyTorch picks by default: cheap, and it says whether an attention candidate is worth compiling.
-- baseline: per case, torch fp32 eager and torch-compile-fp16+graph (the previous best), timed as
+- baseline: per case, torch fp32 eager, torch-compile-fp16+graph (the previous best) and
+  torch-compile-fused+graph (Inductor on the inference rewrite, `lseg_trt.models.fused`), timed as
   `lseg-trt bench` times (CUDA events per iteration, warm-up excluded, medians), with TFLOP/s and the
   share of the ceiling; the fidelity case (batch 1, the first non-square size) also gets fidelity.
 - aoti: torch-aoti-fp16 and torch-aoti-fp16+graph at the fidelity case (loads the package the
   coldstart section compiled when that ran first).
-- overhead: the Python runner (`runner.infer`) against the bare `graph.replay()` of the very graph it
-  replays (and copy + replay), at 256x256 and 480x640 batch 1: device time per call (CUDA events),
-  synchronous host latency per call, and back-to-back host time per call.
-- coldstart: time to first features in a fresh process (`python gpu_speed.py --child ...`): torch-aoti
-  cold (empty cache) and warm (package present); torch-compile-fp16 with an empty and then a reused
-  TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR.
-- candidates: Inductor variants at the candidate cases, each with its fidelity; a candidate counts only
-  if it passes `lseg_trt.tolerances.TOLERANCES`. Costly ones (max-autotune) come last.
+- overhead: the Python runner (`runner.infer`, torch-compile-fused+graph) against the bare
+  `graph.replay()` of the very graph it replays (and copy + replay), at 256x256 and 480x640 batch 1:
+  device time per call (CUDA events), synchronous host latency per call, and back-to-back host time
+  per call.
+- coldstart: time to first features in a fresh process (`python gpu_speed.py --child ...`) that loads a
+  checkpoint file in lang-seg's format: torch-compile-fused with an empty and then a reused
+  TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR; torch-aoti cold (empty cache) and warm (package present).
+  A child that dies leaves the tail of its stderr (with faulthandler's stack) in OUT.
+- candidates: Inductor variants of the rewrite at the candidate cases, each with its fidelity; a candidate
+  counts only if it passes `lseg_trt.tolerances.TOLERANCES`. max-autotune comes last, at the first
+  candidate case only (its GEMM searches cost minutes per shape).
 
 Fidelity: chelsea at the case's size, candidate vs torch fp32 eager with TF32 off (`strict_fp32`).
 Weights are the embedded seeded random ones (real architecture, so real latency). Needs open_clip
@@ -52,7 +56,10 @@ import torch
 from lseg_trt import hwinfo
 
 SECTIONS = ("ceiling", "attention", "baseline", "aoti", "overhead", "coldstart", "candidates")
-BASELINE_FAST = "torch-compile-fp16+graph"
+BASELINE_FAST = "torch-compile-fp16+graph"  # the best backend before the inference rewrite
+FUSED_FAST = "torch-compile-fused+graph"  # Inductor on `lseg_trt.models.fused` (fp16)
+# torch.compile's mode="max-autotune-no-cudagraphs" as options (a mode and options cannot be combined)
+MAX_AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}
 CHILD_MARK = "COLDSTART_JSON "
 log = logging.getLogger("gpu_speed")
 
@@ -359,7 +366,7 @@ def _time_call(bench: Bench, fn: Callable[[], Any], iterations: int) -> float:
 
 
 def baseline(bench: Bench, case: Case) -> None:
-    for backend, precision in (("torch", None), (BASELINE_FAST, "fp16")):
+    for backend, precision in (("torch", None), (BASELINE_FAST, "fp16"), (FUSED_FAST, "fp16")):
         name = bench.backend_name(backend)
         bench.measure("baseline", name, case, lambda b=backend: bench.runner(case.variant, b), precision, False)
 
@@ -378,7 +385,7 @@ def aoti(bench: Bench, case: Case) -> None:
 
 def overhead(bench: Bench, case: Case) -> None:
     """Python runner vs bare replay of its own graph: where a C++ runner could win at most."""
-    runner = bench.runner(case.variant, BASELINE_FAST)
+    runner = bench.runner(case.variant, FUSED_FAST)
     bench.prepare(runner, case)
     graph, static_in, _ = runner.fn.graphs[case.shape]
     x = torch.randn(case.shape, device=bench.device)
@@ -414,25 +421,37 @@ def overhead(bench: Bench, case: Case) -> None:
 
 
 def coldstart(bench: Bench, case: Case) -> None:
-    for backend in ("torch-aoti-fp16", "torch-compile-fp16"):
+    """Fresh processes from a checkpoint file in lang-seg's format, as a user starts (not random init)."""
+    from lseg_trt.models.synthetic import save_lightning_checkpoint
+
+    checkpoint = bench.cache / "coldstart" / f"{case.variant}.ckpt"
+    if not checkpoint.exists():
+        checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        save_lightning_checkpoint(bench.lseg(case.variant), checkpoint)
+    for backend in ("torch-compile-fused", "torch-aoti-fp16"):
         folder = bench.cache / "coldstart" / backend  # this child's Inductor and Triton caches
         shutil.rmtree(folder, ignore_errors=True)
         if backend == "torch-aoti-fp16":
             shutil.rmtree(bench.cache / "aoti", ignore_errors=True)  # refilled by the cold child, loaded later
         for phase in ("cold", "warm"):
-            cost = {"torch-aoti-fp16": 150, "torch-compile-fp16": 90}[backend] if phase == "cold" else 40
+            cost = {"torch-aoti-fp16": 150, "torch-compile-fused": 90}[backend] if phase == "cold" else 40
             if not bench.budget.allows(cost * (1 if bench.cuda else 0.3)):
                 bench.results.add("coldstart", case=case.name, backend=backend, phase=phase, status="skipped: budget")
                 continue
             bench.results.add(
-                "coldstart", case=case.name, backend=backend, phase=phase, **_child(bench, backend, case, folder)
+                "coldstart",
+                case=case.name,
+                backend=backend,
+                phase=phase,
+                **_child(bench, backend, case, folder, checkpoint),
             )
 
 
-def _child(bench: Bench, backend: str, case: Case, folder: Path) -> dict[str, Any]:
+def _child(bench: Bench, backend: str, case: Case, folder: Path, checkpoint: Path) -> dict[str, Any]:
     env = dict(
         os.environ,
         PYTHONUNBUFFERED="1",
+        PYTHONFAULTHANDLER="1",  # a crash in compiled code leaves its Python stack in stderr
         TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor"),
         TRITON_CACHE_DIR=str(folder / "triton"),
     )
@@ -444,6 +463,8 @@ def _child(bench: Bench, backend: str, case: Case, folder: Path) -> dict[str, An
         backend,
         "--cases",
         f"{case.variant}:{case.batch}x{case.height}x{case.width}",
+        "--checkpoint",
+        str(checkpoint),
     ]
     started = time.perf_counter()
     command += ["--launched-at", repr(time.time())]
@@ -453,8 +474,9 @@ def _child(bench: Bench, backend: str, case: Case, folder: Path) -> dict[str, An
         (json.loads(line[len(CHILD_MARK) :]) for line in done.stdout.splitlines() if line.startswith(CHILD_MARK)), None
     )
     if report is None:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        return {"status": f"error: exit {done.returncode}: {tail[0][:160]}", "process_wall_s": wall}
+        tail = (done.stderr or done.stdout).strip().splitlines() or ["no output"]
+        (bench.results.out / f"coldstart-{backend}.stderr.txt").write_text("\n".join(tail[-60:]) + "\n")
+        return {"status": f"error: exit {done.returncode}: {tail[-1][:160]}", "process_wall_s": wall}
     return {"status": "ok", "process_wall_s": wall, **report}
 
 
@@ -474,7 +496,7 @@ def child_main(args: argparse.Namespace) -> None:
         stages[name] = now - mark
         mark = now
 
-    lseg = load_lseg("random", variant=case.variant)
+    lseg = load_lseg(args.checkpoint, variant=case.variant)
     stage("weights_s")
     runner = make_runner(parse_backend(args.child), lseg, args.device, args.cache_dir).activate()
     stage("activate_s")
@@ -500,21 +522,19 @@ def candidates(bench: Bench) -> list[tuple[str, str, float, Callable[[Case], Any
         return make
 
     items: list[tuple[str, str, float, Callable[[Case], Any]]] = [
-        ("compile-bf16", "bf16", 70, tuned("bf16")),
-        (
-            "compile-fp16 freezing+coordinate-descent",
-            "fp16",
-            120,
-            tuned("fp16", options={"freezing": True, "coordinate_descent_tuning": True}),
-        ),
+        ("fused freezing fp16", "fp16", 90, tuned("fp16", fused=True, options={"freezing": True})),
+        ("fused bf16", "bf16", 70, tuned("bf16", fused=True)),
     ]
     if bench.sdpa_best is not None:
         backend = getattr(SDPBackend, bench.sdpa_best)
-        items.append((f"compile-fp16 sdpa={backend.name}", "fp16", 70, tuned("fp16", sdpa=backend)))
+        items.append((f"fused sdpa={backend.name} fp16", "fp16", 70, tuned("fp16", fused=True, sdpa=backend)))
     items += [
-        ("compile-fp16 channels-last input", "fp16", 70, tuned("fp16", channels_last_input=True)),
-        ("max-autotune-no-cudagraphs fp16", "fp16", 300, tuned("fp16", mode="max-autotune-no-cudagraphs")),
-        ("max-autotune-no-cudagraphs bf16", "bf16", 300, tuned("bf16", mode="max-autotune-no-cudagraphs")),
+        (
+            "fused freezing max-autotune fp16",
+            "fp16",
+            300,
+            tuned("fp16", fused=True, options={"freezing": True, **MAX_AUTOTUNE}),
+        ),
     ]
     return items[:1] if bench.args.quick else items
 
@@ -525,20 +545,21 @@ def _tuned_runner_class() -> type:
     from lseg_trt.backends.torch import TorchCompileRunner
 
     class Tuned(TorchCompileRunner):
-        """torch.compile with a mode or Inductor options, an SDPA backend pinned while tracing and
-        capturing, or the input turned channels-last inside the compiled graph."""
+        """torch.compile of the encoder or its inference rewrite, with a mode or Inductor options, or an
+        SDPA backend pinned while tracing and capturing."""
 
         mode: str | None = None
         options: dict[str, Any] | None = None
         sdpa: Any = None
-        channels_last_input = False
 
         @classmethod
-        def build(cls, bench: Bench, variant: str, precision: str, **kwargs: Any) -> Any:
+        def build(cls, bench: Bench, variant: str, precision: str, fused: bool = False, **kwargs: Any) -> Any:
             from lseg_trt.backends import parse_backend
+            from lseg_trt.models.fused import fuse_for_inference
 
+            encoder = bench.lseg(variant).image_encoder
             runner = cls(
-                bench.lseg(variant).image_encoder,
+                fuse_for_inference(encoder) if fused else encoder,
                 parse_backend(bench.backend_name(f"torch-compile-{precision}+graph")),
                 bench.device,
             )
@@ -549,10 +570,7 @@ def _tuned_runner_class() -> type:
         def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
             torch._dynamo.reset()
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            fn: Callable[[torch.Tensor], torch.Tensor] = model
-            if self.channels_last_input:
-                fn = lambda x: model(x.contiguous(memory_format=torch.channels_last))  # noqa: E731
-            return torch.compile(fn, dynamic=False, mode=self.mode, options=self.options)
+            return torch.compile(model, dynamic=False, mode=self.mode, options=self.options)
 
         def _context(self) -> contextlib.AbstractContextManager[Any]:
             from torch.nn.attention import sdpa_kernel
@@ -605,7 +623,8 @@ def tasks(bench: Bench) -> Iterator[tuple[str, str, float, Callable[[], None]]]:
             def action(n: str = name, p: str = precision, m: Callable[[Case], Any] = make, c: Case = case) -> None:
                 bench.measure("candidates", n, c, lambda: m(c), p)
 
-            yield "candidates", f"{name} {case.name}", cost * scale, action
+            if cost < 300 or case == bench.candidate_cases[0]:
+                yield "candidates", f"{name} {case.name}", cost * scale, action
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -622,6 +641,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--cache-dir", default="models/gpu_speed", help="ONNX/AOTI caches (an ignored folder)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--launched-at", type=float, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     parse = lambda text: [Case.parse(t) for t in text.split(",") if t.strip()]  # noqa: E731

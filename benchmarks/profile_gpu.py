@@ -1,21 +1,21 @@
 """Where the time goes: CUDA kernel time of the fp16 encoder by kernel class (GPU only).
 
-Usage: python benchmarks/profile_gpu.py VARIANT SIZE [SIZE ...] > profile.md
-Runs torch-fp16 eager under torch.profiler for 10 iterations per size and prints, per size, the wall
+Usage: python benchmarks/profile_gpu.py VARIANT SIZE [SIZE ...] [--backend NAME] > profile.md
+Runs the backend (default torch-fp16 eager; no `+graph`, so the host gap shows) under torch.profiler for
+10 iterations per size and prints, per size, the wall
 time per forward, the summed kernel time per forward (their gap is host overhead that CUDA graphs
 remove), and kernel time per class (GEMM, attention, convolution, normalisation/elementwise, copies).
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from lseg_trt.backends import parse_backend
-from lseg_trt.backends.torch import TorchRunner
+from lseg_trt.backends import make_runner, parse_backend
 from lseg_trt.models import load_lseg
 
 CLASSES = (
@@ -36,11 +36,11 @@ def kernel_class(name: str) -> str:
     return next((label for label, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def main(variant: str, sizes: list[int]) -> None:
+def main(variant: str, sizes: list[int], backend: str) -> None:
     lseg = load_lseg("random", variant=variant)
-    runner = TorchRunner(lseg.image_encoder, parse_backend("torch-fp16"), "cuda").activate()
+    runner = make_runner(parse_backend(backend), lseg, "cuda", "/tmp/lseg-profile-cache").activate()
     torch.backends.cudnn.benchmark = True
-    print(f"# {variant} torch-fp16 eager: CUDA kernel time per forward ({torch.cuda.get_device_name()})\n")
+    print(f"# {variant} {backend}: CUDA kernel time per forward ({torch.cuda.get_device_name()})\n")
     for size in sizes:
         x = torch.randn(1, 3, size, size, device="cuda")
         for _ in range(5):
@@ -74,4 +74,9 @@ def main(variant: str, sizes: list[int]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], [int(s) for s in sys.argv[2:]])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("variant")
+    parser.add_argument("sizes", type=int, nargs="+")
+    parser.add_argument("--backend", default="torch-fp16")
+    args = parser.parse_args()
+    main(args.variant, args.sizes, args.backend)

@@ -3,7 +3,9 @@
 Backend names: a registry key, an optional `-<precision>` when it is not the entry's default, and an
 optional `+graph` to replay one CUDA graph per static shape (GPU only, where the entry allows it):
 `torch` (fp32), `torch-fp16`, `torch-bf16`, `torch-compile[-fp16|-bf16]` (Inductor),
-`torch-aoti[-bf16|-fp32]` (AOTInductor packages, fp16 by default), `onnxruntime[-fp16]`, `tensorrt[-fp32]`.
+`torch-fused[-bf16|-fp32]` and `torch-compile-fused[-bf16|-fp32]` (the inference rewrite of
+`lseg_trt.models.fused`, fp16 by default), `torch-aoti[-bf16|-fp32]` (AOTInductor packages, fp16 by default),
+`onnxruntime[-fp16]`, `tensorrt[-fp32]`.
 
 Adding a backend: write its runner (a `Runner` subclass with `from_source`) in a module of this
 package and add one `REGISTRY` entry. Runner classes are imported only when used, so importing this
@@ -46,6 +48,10 @@ REGISTRY: dict[str, Backend] = {
     "torch": Backend("lseg_trt.backends.torch:TorchRunner", ("fp32", "fp16", "bf16"), True, ("weights",)),
     "torch-compile": Backend(
         "lseg_trt.backends.torch:TorchCompileRunner", ("fp32", "fp16", "bf16"), True, ("weights",)
+    ),
+    "torch-fused": Backend("lseg_trt.backends.torch:FusedTorchRunner", ("fp16", "bf16", "fp32"), True, ("weights",)),
+    "torch-compile-fused": Backend(
+        "lseg_trt.backends.torch:FusedCompileRunner", ("fp16", "bf16", "fp32"), True, ("weights",)
     ),
     "torch-aoti": Backend("lseg_trt.backends.aoti:AotiRunner", ("fp16", "bf16", "fp32"), True, ("weights",)),
     "onnxruntime": Backend(

@@ -1,4 +1,5 @@
-"""PyTorch eager and Inductor runners, in fp32 / fp16 / bf16, with optional CUDA graphs."""
+"""PyTorch eager and Inductor runners, in fp32 / fp16 / bf16, with optional CUDA graphs, on the encoder as
+lang-seg wrote it or on its inference rewrite (`lseg_trt.models.fused`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
-from lseg_trt.models import LSegImageEncoder
+from lseg_trt.models.fused import fuse_for_inference
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
@@ -20,8 +21,9 @@ class TorchRunner(Runner):
     """PyTorch eager in inference mode (see `placed_encoder` for precision and memory layout)."""
 
     compiled = False
+    fused = False  # run `fuse_for_inference(encoder)`: the same function with less work
 
-    def __init__(self, encoder: LSegImageEncoder, spec: BackendSpec, device: str | torch.device) -> None:
+    def __init__(self, encoder: torch.nn.Module, spec: BackendSpec, device: Device) -> None:
         super().__init__(spec, device)
         self.source = encoder
         self.model: torch.nn.Module | None = None
@@ -31,7 +33,8 @@ class TorchRunner(Runner):
     def from_source(
         cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> TorchRunner:
-        return cls(lseg_of(source, spec.name).image_encoder, spec, device)
+        encoder = lseg_of(source, spec.name).image_encoder
+        return cls(fuse_for_inference(encoder) if cls.fused else encoder, spec, device)
 
     def _activate(self) -> None:
         model = placed_encoder(self.source, self.device, self.spec.precision)
@@ -69,3 +72,15 @@ class TorchCompileRunner(TorchRunner):
         torch._dynamo.reset()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         return torch.compile(model, dynamic=False)
+
+
+class FusedTorchRunner(TorchRunner):
+    """Eager PyTorch on the inference rewrite."""
+
+    fused = True
+
+
+class FusedCompileRunner(TorchCompileRunner):
+    """Inductor on the inference rewrite: the fastest torch backend (see benchmarks/results/README.md)."""
+
+    fused = True

@@ -16,7 +16,7 @@ from lseg_trt.models.vit import ViTTrunk
 from lseg_trt.sizes import check_size
 
 
-def _tracing() -> bool:
+def tracing() -> bool:
     """True while exporting or compiling, where Python-side size checks would bake in one shape."""
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
 
@@ -37,7 +37,7 @@ class LSegImageEncoder(nn.Module):
         self.scratch = Decoder(cfg.pyramid_channels, cfg.features, cfg.out_c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _tracing():
+        if not tracing():
             check_size(x.shape[-2], x.shape[-1], self.config.size_multiple)
         x = x.to(self.scratch.head1.weight.dtype)
         features = self.scratch(*self.pretrained(x)).float()
