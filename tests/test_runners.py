@@ -28,6 +28,8 @@ def batch() -> torch.Tensor:
         "torch-fp16",
         "torch-bf16",
         pytest.param("torch-compile", marks=pytest.mark.slow),  # an Inductor compile on the CPU (~25 s)
+        "torch-fused",  # fp16: the inference rewrite (lseg_trt.models.fused)
+        "torch-fused-fp32",
         "onnxruntime",
         "onnxruntime-fp16",
     ],
@@ -46,6 +48,8 @@ def test_runner_matches_torch_fp32(tiny: LSeg, backend: str, batch: torch.Tensor
 
 def test_backend_names() -> None:
     assert parse_backend("torch-compile-fp16+graph").name == "torch-compile-fp16+graph"
+    fused = parse_backend("torch-compile-fused-bf16+graph")  # the longest registry key wins
+    assert (fused.base, fused.precision, fused.cuda_graph) == ("torch-compile-fused", "bf16", True)
     spec = parse_backend("tensorrt")
     assert (spec.base, spec.precision) == ("tensorrt", "fp16")
     assert parse_backend("tensorrt-fp32").name == "tensorrt-fp32"

@@ -37,7 +37,8 @@ DEFAULTS = {  # per device kind: what a plain `lseg-trt bench` measures
     "cpu": {"sizes": ((256, 256), (320, 320)), "backends": "torch,onnxruntime", "iterations": 5, "warmup": 1},
     "cuda": {
         "sizes": tuple((s, s) for s in (256, 320, 384, 480, 640, 768, 1024)),
-        "backends": "torch,torch-fp16,torch-fp16+graph,torch-compile-fp16,torch-compile-fp16+graph,tensorrt",
+        "backends": "torch,torch-fp16,torch-fp16+graph,torch-compile-fp16,torch-compile-fp16+graph,"
+        "torch-compile-fused+graph,tensorrt",
         "iterations": 50,
         "warmup": 10,
     },

@@ -28,10 +28,11 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "torch"
 DEFAULTS = {  # per device kind: what a plain `lseg-trt fidelity` checks
-    "cpu": {"sizes": ((256, 256), (256, 352)), "backends": "torch-bf16,onnxruntime,onnxruntime-fp16"},
+    "cpu": {"sizes": ((256, 256), (256, 352)), "backends": "torch-bf16,torch-fused-fp32,onnxruntime,onnxruntime-fp16"},
     "cuda": {
         "sizes": ((480, 480), (480, 640), (1024, 1024)),
-        "backends": "torch-fp16,torch-bf16,torch-compile,torch-compile-fp16,onnxruntime,tensorrt,tensorrt-fp32",
+        "backends": "torch-fp16,torch-bf16,torch-compile,torch-compile-fp16,torch-compile-fused,"
+        "torch-compile-fused-bf16,onnxruntime,tensorrt,tensorrt-fp32",
     },
 }
 
