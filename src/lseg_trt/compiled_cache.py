@@ -46,6 +46,7 @@ class PackageRequest:
     target: dict[str, str | None]  # `lseg_trt.hwinfo.gpu_target` of the device
     inductor_options: dict[str, Any] = field(default_factory=dict)
     torch_version: str = torch.__version__
+    graph: str = "fused"  # the network compiled: `lseg_trt.models.fused`'s rewrite of the encoder
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -3,8 +3,9 @@
 `torch-compile` recompiles every shape in every new process (about a minute for ViT-L/16 on an H100);
 a package is compiled once (`torch.export` + `aoti_compile_and_package`) and a later process loads it
 in seconds. Packages live in `<cache_dir>/aoti/` and are keyed and reused by `lseg_trt.compiled_cache`.
-Precision and layout follow `TorchRunner` (half precisions run channels-last; input, output and the
-L2 normalisation stay float32), so the package computes what `torch-compile` computes.
+The package holds the inference rewrite of the encoder (`lseg_trt.models.fused`), in the precision and
+layout of `TorchRunner` (half precisions run channels-last; input, output and the L2 normalisation stay
+float32), so it computes what `torch-compile-fused` computes.
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ import torch
 from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
 from lseg_trt.compiled_cache import PackageRequest, package_for
 from lseg_trt.hwinfo import gpu_target
+from lseg_trt.models.fused import fuse_for_inference
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
     from lseg_trt.models import LSegImageEncoder
+    from lseg_trt.models.fused import FusedImageEncoder
     from lseg_trt.tensorrt.options import Profile
 
 log = logging.getLogger(__name__)
@@ -36,7 +39,7 @@ class AotiRunner(Runner):
 
     def __init__(
         self,
-        encoder: LSegImageEncoder,
+        encoder: LSegImageEncoder | FusedImageEncoder,
         spec: BackendSpec,
         device: str | torch.device,
         cache_dir: Path,
@@ -59,7 +62,7 @@ class AotiRunner(Runner):
         cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> AotiRunner:
         return cls(
-            lseg_of(source, spec.name).image_encoder,
+            fuse_for_inference(lseg_of(source, spec.name).image_encoder),
             spec,
             device,
             Path(cache_dir) / "aoti",
