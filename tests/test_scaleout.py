@@ -13,13 +13,15 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction import list_items, plan_shards
-from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, parse_devices
+from lseg_trt.extraction import FeatureExtractor, list_items, plan_shards
+from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, ExtractorSpec, parse_devices, run_devices
 from lseg_trt.extraction.partition import Task, check_runs, parse_task, plan_task, task_of
+from lseg_trt.extraction.run import RunOptions, pending_shards, prepare_run
 
 RUN = Path("torch/tiny_vit/tiny_vit/64x96-shards.run")
 
@@ -142,7 +144,7 @@ def test_worker_processes_match_one_process_and_resume_after_a_death(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # one of two workers dies after its first shard; the resume runs the rest on two workers again
+    # one of two workers dies after its first shard, holding the next; the resume redoes it on two workers
     dying = tmp_path / "dying"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "died-once"))
     died = cli(*args(dying, "--devices", "cpu,cpu"))
@@ -154,6 +156,37 @@ def test_worker_processes_match_one_process_and_resume_after_a_death(
 
     missing = cli(*args(tmp_path / "x", "--devices", "cuda:3"))
     assert missing.returncode == 2 and "cuda:3" in missing.stderr and not (tmp_path / "x" / "torch").exists()
+
+
+def test_workers_take_shards_from_a_shared_queue(
+    cli: Callable[..., Any], args: Callable[..., list[str]], tiny_vit_ckpt: Path, images: Path, tmp_path: Path
+) -> None:
+    # nine one-image shards on two workers: whoever takes a shard writes it, each exactly once, and the
+    # files are a one-process run's whatever the split (on 2 cores the first worker up often takes all
+    # nine, which a fixed split never gives); a resume of two shards starts two of three workers
+    one = tmp_path / "one"
+    assert cli(*args(one, "--shard-size", "1", "--device", "cpu")).returncode == 0
+    spec = ExtractorSpec(
+        str(tiny_vit_ckpt), size=(64, 96), batch_size=2, workers=1, cpu_threads=torch.get_num_threads()
+    )
+    items = list_items(images)
+    shards = plan_shards(items, 1)
+    with FeatureExtractor.open(weights=spec.weights, size=spec.size, batch_size=2, device="cpu", workers=1) as e:
+        output = prepare_run(e, items, tmp_path / "queue", RunOptions(shard_size=1))
+        summary = run_devices(spec, ["cpu", "cpu"], shards, output)
+        taken = sorted(i for written in summary.shards_by_worker.values() for i in written)
+        assert taken == list(range(9)) and summary.done == 9, summary.shards_by_worker
+        assert set(summary.timings) == set(summary.shards_by_worker) == {"worker0 cpu", "worker1 cpu"}
+        assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
+
+        for index in (3, 7):
+            output.layout.shard_manifest(index).unlink()
+        resumed = prepare_run(e, items, tmp_path / "queue", RunOptions(shard_size=1, resume=True))
+        todo = pending_shards(shards, resumed)
+        assert [s.index for s in todo] == [3, 7]
+        summary = run_devices(spec, ["cpu", "cpu", "cpu"], todo, resumed)
+    assert len(summary.shards_by_worker) == 2 and summary.done == 2
+    assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
 
 
 # ---- Ray ---------------------------------------------------------------------------------------------
@@ -212,3 +245,34 @@ def test_ray_address_that_does_not_answer(
     assert result.returncode == 2 and "no Ray cluster answers" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and time.perf_counter() - start < 30
     assert not (tmp_path / "torch").exists()
+
+
+def _drain(queue: Any) -> list[int | None]:
+    taken = []
+    while (shard := queue.get(timeout=5)) is not None:
+        taken.append(shard.index)
+    return taken + [None]
+
+
+@pytest.mark.parametrize("video", [False, True])
+def test_task_queues_share_images_and_split_videos(video: bool) -> None:
+    """Images: one queue for all workers (the fastest takes most). Video frames: shard j on worker j % n,
+    since a video decodes in one pass from its start and one worker would otherwise take all of it."""
+    import torch.multiprocessing as mp
+
+    from lseg_trt.extraction.multi_gpu import _task_queues
+    from lseg_trt.extraction.run import ShardSpec
+    from lseg_trt.extraction.sources import Item
+
+    def item(j: int) -> Item:
+        return Item(f"x{j}", Path("clip.mp4" if video else f"x{j}.png"), 1, 1, j if video else None)
+
+    shards = [ShardSpec(j, (item(j),)) for j in range(5)]
+    queues = _task_queues(mp.get_context("spawn"), shards, 2)
+    if video:
+        assert queues[0] is not queues[1]
+        assert [_drain(q) for q in queues] == [[0, 2, 4, None], [1, 3, None]]
+    else:
+        assert queues[0] is queues[1]
+        assert _drain(queues[0]) == [0, 1, 2, 3, 4, None]
+        assert queues[0].get(timeout=5) is None  # one stop marker per worker

@@ -1,17 +1,22 @@
 """`--devices all`: one worker process per GPU of a host, writing the files a one-GPU run writes.
 
-The parent lists the items, plans the shards and opens the run folder (run.json, PCA basis) once;
-worker w of n builds its own `FeatureExtractor` on its device and runs shards j with j % n == w.
-Shards are fixed slices of the sorted items and every shard is written atomically with its manifest
-last, so the result does not depend on how many workers ran it, and a worker that dies leaves only
-complete shards: the parent names its device, and `--resume` does the rest.
+The parent lists the items, plans the shards and opens the run folder (run.json, PCA basis) once,
+then puts every shard on a shared queue, followed by one stop marker per worker. Each worker builds
+its own `FeatureExtractor` on its device and takes the next shard whenever its pipeline needs more
+input, so a faster or less loaded GPU does more shards (video frames keep a fixed split: see
+`_task_queues`). Shards are fixed slices of the sorted items
+and every shard is written atomically with its manifest last, so the result does not depend on which
+worker ran which shard, and a worker that dies leaves only complete shards (it loses the shard it was
+on, and the next one it had taken): the parent names its device, and `--resume` does the rest.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,49 +104,85 @@ def fail_once_here() -> None:
     os._exit(17)
 
 
-def _worker(spec: ExtractorSpec, name: str, shards: list[ShardSpec], output: RunOutput, results) -> None:  # noqa: ANN001
+def _claimed(tasks) -> Iterator[ShardSpec]:  # noqa: ANN001
+    """This worker's shards: taken from the parent's queue one at a time, until its stop marker."""
+    while (shard := tasks.get()) is not None:
+        yield shard
+
+
+def _worker(spec: ExtractorSpec, name: str, tasks, output: RunOutput, results) -> None:  # noqa: ANN001
     with spec.build(name.split()[-1]) as extractor:
         start = time.perf_counter()
-        # with fault injection, the first shard runs alone so that the exit comes between two shards
-        parts = [shards[:1], shards[1:]] if os.environ.get(FAIL_ONCE_ENV) else [shards]
-        done = 0
-        for part in parts:
-            if part:
-                done += run_shards(extractor, part, output, progress=False).done
-                fail_once_here()
-        results.put((name, time.perf_counter() - start))
+        shards = _claimed(tasks)
+        written: list[int] = []
+        if os.environ.get(FAIL_ONCE_ENV):
+            # the first shard runs alone and the next is taken before the exit, so the exit falls between
+            # two shards while this worker holds one, as a worker that dies mid-run does
+            written += _shard_indices(run_shards(extractor, itertools.islice(shards, 1), output, progress=False))
+            taken = list(itertools.islice(shards, 1))
+            fail_once_here()
+            shards = itertools.chain(taken, shards)
+        written += _shard_indices(run_shards(extractor, shards, output, progress=False))
+        results.put((name, time.perf_counter() - start, written))
+
+
+def _shard_indices(summary: Summary) -> list[int]:
+    return sorted({record["shard"] for record in summary.records})
 
 
 def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec], output: RunOutput) -> Summary:
-    """Run `shards` on one worker process per device (shard j on worker j % n); see the module doc.
+    """Run `shards` on one worker process per device, each taking the next shard from a shared queue;
+    see the module doc.
 
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
-    seconds after its model is loaded and warm, as `worker<w> <device>`. Devices left without a shard
-    start no process.
+    seconds after its model is loaded and warm, and `shards_by_worker` the shards it wrote, both keyed
+    `worker<w> <device>`. With fewer shards than devices, the devices left over start no process.
     """
     import torch.multiprocessing as mp
 
     context = mp.get_context("spawn")
     results = context.Queue()
+    used = devices[: len(shards)]
+    queues = _task_queues(context, shards, len(used))
     start = time.perf_counter()
     processes = {}
-    for w, device in enumerate(devices):
-        part, name = shards[w :: len(devices)], f"worker{w} {device}"
-        if part:
-            processes[name] = context.Process(target=_worker, args=(spec, name, part, output, results))
-            processes[name].start()
+    for w, device in enumerate(used):
+        name = f"worker{w} {device}"
+        processes[name] = context.Process(target=_worker, args=(spec, name, queues[w], output, results))
+        processes[name].start()
     log.info("%d shards on %d worker(s): %s", len(shards), len(processes), ", ".join(processes))
     for process in processes.values():
         process.join()
     summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
     while not results.empty():
-        name, seconds = results.get()
+        name, seconds, written = results.get()
         summary.timings[name] = round(seconds, 4)
+        summary.shards_by_worker[name] = written
+        log.info("%s: %d shards in %.1f s", name, len(written), seconds)
     dead = [(name.split()[-1], p.exitcode) for name, p in processes.items() if p.exitcode != 0]
     if dead:
         named = ", ".join(f"{device} (exit code {code})" for device, code in dead)
         raise LsegTrtError(f"worker on {named} died; finished shards are kept: rerun with --resume to complete")
     return summary_from_manifests(summary, shards, output.layout.run_dir)
+
+
+def _task_queues(context, shards: list[ShardSpec], workers: int) -> list:  # noqa: ANN001
+    """The queue each worker takes its shards from, each followed by that worker's stop marker.
+
+    Images: one queue shared by all, so a faster GPU takes more shards. Each shard goes on it whole: it
+    is pickled once, for the worker that takes it, where a shared counter would send every worker the
+    whole plan. Videos: shard j on worker j % n's own queue, as a video decodes in one pass from its
+    start and a shared queue would hand the first worker to reach it all of its queued shards.
+    """
+    video = any(item.frame is not None for shard in shards for item in shard.items)
+    queues = [context.Queue() for _ in range(workers)] if video else [context.Queue()] * workers
+    for queue in dict.fromkeys(queues):  # shards left on a queue by a dead worker are not waited for: --resume
+        queue.cancel_join_thread()
+    for j, shard in enumerate(shards):
+        queues[j % workers].put(shard)
+    for queue in queues:
+        queue.put(None)
+    return queues
 
 
 def summary_from_manifests(summary: Summary, shards: list[ShardSpec], run_dir: Path) -> Summary:

@@ -78,8 +78,11 @@ def background(iterator: Iterator, depth: int, name: str) -> Iterator:
         stop.set()
 
 
-def decode_ahead(items: Sequence[Item], workers: int, timings: Timings, lookahead: int = 32) -> Iterator[Decoded]:
-    """Decoded items in input order; images on `workers` threads, each video on its own thread."""
+def decode_ahead(items: Iterable[Item], workers: int, timings: Timings, lookahead: int = 32) -> Iterator[Decoded]:
+    """Decoded items in input order; images on `workers` threads, each video on its own thread.
+
+    `items` is read only as far as needed: `lookahead` images ahead of what was taken, but all of a
+    video's consecutive frames at once (a video decodes in one pass from its start)."""
 
     def timed(item: Item) -> Decoded:
         start = time.perf_counter()

@@ -1,14 +1,17 @@
 """Extraction runs: items -> fixed shards -> features written by background threads, with a manifest.
 
 The unit of work is a shard: items sorted by name, shard j = items [j*S, (j+1)*S). `run_shards` does
-any subset of a plan and `extract_shard` one shard, writing the same files as a one-process run, so
-several GPUs of a host, `--shard K/N` tasks of a scheduler and Ray actors can all share them.
+any subset of a plan, even one that arrives while it runs (the shards a worker claims from a shared
+queue), and `extract_shard` one shard, writing the same files as a one-process run, so several GPUs
+of a host, `--shard K/N` tasks of a scheduler and Ray actors can all share them.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -111,6 +114,7 @@ class Summary:
     seconds: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
+    shards_by_worker: dict[str, list[int]] = field(default_factory=dict)  # worker processes: who wrote what
 
     @property
     def ok(self) -> bool:
@@ -135,6 +139,8 @@ class Summary:
             f"{len(self.nonfinite)} non-finite in {self.seconds:.1f}s ({rate:.1f} images/s) -> {self.run_dir}",
             f"time per stage: {stages}",
         ]
+        if self.shards_by_worker:
+            lines.append("shards per worker: " + ", ".join(f"{k} {len(v)}" for k, v in self.shards_by_worker.items()))
         if self.ignored:
             lines.append(f"skipped {self.ignored} hidden or special entries of the inputs")
         lines += [f"failed: {name}: {reason}" for name, reason in self.failed[:20]]
@@ -167,7 +173,7 @@ class _ShardState:
 
 def run_shards(
     extractor: FeatureExtractor,
-    shards: list[ShardSpec],
+    shards: Iterable[ShardSpec],
     output: RunOutput,
     *,
     progress: bool = True,
@@ -175,7 +181,11 @@ def run_shards(
     write_threads: int = 2,
 ) -> Summary:
     """Extract and write `shards` in order, decode, compute and writing overlapping; see `Summary`.
-    Each shard is written by one of `write_threads` threads (a shard's items stay in order)."""
+    Each shard is written by one of `write_threads` threads (a shard's items stay in order).
+
+    `shards` is read lazily, as decoding needs more items, so the pipeline stays full across the shards
+    of a stream (a queue shared by workers): a shard is taken at most about one shard before its compute.
+    """
     extractor.activate()
     summary = Summary(output.layout.run_dir)
     timings = Timings()
@@ -183,8 +193,8 @@ def run_shards(
     writer = WriterPool(write_threads, write_depth)
     states: dict[int, _ShardState] = {}
     created: list[_ShardState] = []
-    items = [item for shard in shards for item in shard.items]
-    bar = tqdm(total=len(items), desc=f"extract {extractor.runner.name}", unit="img", disable=not progress)
+    total = sum(len(s.items) for s in shards) if isinstance(shards, Sequence) else None
+    bar = tqdm(total=total, desc=f"extract {extractor.runner.name}", unit="img", disable=not progress)
     start = time.perf_counter()
 
     def write_batch(state: _ShardState, batch_items: list[Item], hosts: list[torch.Tensor], wait, spans: list) -> None:  # noqa: ANN001
@@ -213,14 +223,17 @@ def run_shards(
         timings.add("write", time.perf_counter() - begin)
 
     try:
-        decoded = decode_ahead(items, extractor.workers, timings)
-        staged = batches([(s.index, s.items) for s in shards], decoded, extractor.batch_size, pin=lane.cuda)
-        by_index = {s.index: s for s in shards}
+        # the decoder and the batcher both read the shards, on the collate thread; `arrived` hands each
+        # shard to this thread, which meets it again when the shard's first batch comes through the queue
+        arrived: dict[int, ShardSpec] = {}
+        for_items, for_groups = itertools.tee(_noting(shards, arrived))
+        decoded = decode_ahead((i for s in for_items for i in s.items), extractor.workers, timings)
+        staged = batches(((s.index, s.items) for s in for_groups), decoded, extractor.batch_size, pin=lane.cuda)
         waited = time.perf_counter()
         for batch in background(staged, depth=3, name="lseg-trt-collate"):
             timings.add("wait_input", time.perf_counter() - waited)
             if batch.group not in states:
-                states[batch.group] = _ShardState(output, by_index[batch.group])
+                states[batch.group] = _ShardState(output, arrived.pop(batch.group))
                 created.append(states[batch.group])
             state = states[batch.group]
             if batch.failed:
@@ -251,6 +264,12 @@ def run_shards(
     summary.timings = {k: round(v, 4) for k, v in timings.seconds.items() if k in STAGES or v > 0}
     summary.count(sorted(committed, key=lambda r: r["shard"]))  # shards commit on several threads: plan order
     return summary
+
+
+def _noting(shards: Iterable[ShardSpec], arrived: dict[int, ShardSpec]) -> Iterator[ShardSpec]:
+    for shard in shards:
+        arrived[shard.index] = shard
+        yield shard
 
 
 def extract_shard(extractor: FeatureExtractor, shard: ShardSpec, output: RunOutput) -> list[dict]:
