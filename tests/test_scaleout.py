@@ -276,3 +276,16 @@ def test_task_queues_share_images_and_split_videos(video: bool) -> None:
         assert queues[0] is queues[1]
         assert _drain(queues[0]) == [0, 1, 2, 3, 4, None]
         assert queues[0].get(timeout=5) is None  # one stop marker per worker
+
+
+def test_a_worker_stops_when_the_queue_stays_locked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker killed inside its get keeps the queue's lock; the others must fail, not hang."""
+    import torch.multiprocessing as mp
+
+    from lseg_trt.extraction import multi_gpu
+
+    monkeypatch.setattr(multi_gpu, "CLAIM_TIMEOUT_S", 0.2)
+    tasks = mp.get_context("spawn").Queue()
+    tasks._rlock.acquire()  # what a worker killed inside `get` leaves behind
+    with pytest.raises(LsegTrtError, match="a worker died holding it"):
+        next(multi_gpu._claimed(tasks))

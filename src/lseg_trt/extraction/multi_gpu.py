@@ -104,9 +104,24 @@ def fail_once_here() -> None:
     os._exit(17)
 
 
+# The queues are filled before any worker starts, so a get waits only for another worker's read. A
+# worker killed inside its own get (SIGKILL, the OOM killer) keeps the queue's lock for ever; the others
+# then stop after this long instead of hanging, and the parent reports them for --resume.
+CLAIM_TIMEOUT_S = 120.0
+
+
 def _claimed(tasks) -> Iterator[ShardSpec]:  # noqa: ANN001
     """This worker's shards: taken from the parent's queue one at a time, until its stop marker."""
-    while (shard := tasks.get()) is not None:
+    import queue
+
+    while True:
+        try:
+            shard = tasks.get(timeout=CLAIM_TIMEOUT_S)
+        except queue.Empty:
+            waited = f"{CLAIM_TIMEOUT_S:.0f} s"
+            raise LsegTrtError(f"no shard from the work queue in {waited}: a worker died holding it") from None
+        if shard is None:
+            return
         yield shard
 
 
