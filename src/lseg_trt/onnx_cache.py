@@ -2,7 +2,7 @@
 weights at hand, and the fp16 sibling a strongly typed TensorRT builds fp16 engines from.
 
 Reuse rules (anything else re-exports; nothing stale or broken is ever handed back):
-- an ONNX file is reused when its metadata names the same variant and weights hash and records a
+- an ONNX file is reused when its metadata names the same variant, weights hash and graph and records a
   passed verification;
 - the fp16 sibling is used only when it came from the same weights as the fp32 file it stands in for.
 """
@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.export import OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
+from lseg_trt.export import GRAPH, OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
 from lseg_trt.models import VARIANTS, LSeg, load_lseg
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,11 @@ def onnx_for(lseg: LSeg, precision: str, cache_dir: Path) -> Path:
     path = Path(cache_dir) / onnx_name(lseg, precision)
     if path.is_file():
         meta = onnx_info(path).metadata
-        if _same_weights(meta, lseg.variant, lseg.weights_sha256) and meta.get("io_names") == "lseg-trt":
+        current = meta.get("io_names") == "lseg-trt" and meta.get("graph") == GRAPH
+        if _same_weights(meta, lseg.variant, lseg.weights_sha256) and current:
             log.info("reusing %s", path)
             return path
-        log.info("re-exporting %s: it was made from other weights, or never verified", path.name)
+        log.info("re-exporting %s: made from other weights, by an older version, or never verified", path.name)
     return onnx_from_lseg(lseg, cache_dir, precision).path
 
 
