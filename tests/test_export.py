@@ -64,6 +64,7 @@ def test_io_contract_and_metadata(exported: dict[str, Exported], tiny: LSeg, pre
     meta = inspect_onnx(path).metadata
     assert meta["variant"] == tiny.variant and meta["precision"] == precision and meta["io_names"] == "lseg-trt"
     assert meta["weights"] == "random" and meta["checkpoint_sha256"].startswith("random-")
+    assert meta["graph"] == "fused"  # the inference rewrite (lseg_trt.models.fused), verified like any export
     assert [round(v, 3) for v in eval(meta["mean"])] == [round(v, 3) for v in tiny.mean]  # noqa: S307
     assert verified(meta)
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -163,3 +164,17 @@ def test_stale_temporaries_are_removed(tmp_path: Path) -> None:
     os.utime(tmp_path / ".export-old", (old, old))  # no pid in the name: removed only when old
     assert sorted(remove_stale_temps(tmp_path)) == sorted(stale)
     assert sorted(tmp_path.iterdir()) == sorted([*live, keep])
+
+
+def test_cache_redoes_an_export_of_the_original_graph(tiny_rn: LSeg, tmp_path: Path) -> None:
+    """An export made before the rewrite (no `graph` key) is exported again, not reused."""
+    from lseg_trt.onnx_cache import onnx_for
+
+    path = onnx_for(tiny_rn, "fp32", tmp_path)
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key != "graph"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, str(path))
+    assert "graph" not in inspect_onnx(path).metadata
+    assert inspect_onnx(onnx_for(tiny_rn, "fp32", tmp_path)).metadata["graph"] == "fused"
