@@ -8,8 +8,9 @@ For each GPU benchmark case of issue 13 it counts, on the meta device (no memory
 - bytes written by every non-view ATen op of an fp16 channels-last forward, attention as one fused
   kernel: what an eager forward writes to memory, a proxy for its memory-bound share (Inductor fuses
   some of it away in both networks).
-It then times fp32 eager forwards of both on this machine's CPU at 480x480 (batch 1) and checks the
-rewrite's features against the original's with the fp32 tolerance. GPU latencies come from gpu_speed.py;
+It then times fp32 forwards of both on this machine's CPU at 480x480 (batch 1), in PyTorch eager and in
+ONNX Runtime (each network exported as `lseg_trt.export` exports, TorchScript exporter, opset 17), and
+checks the rewrite's features against the original's with the fp32 tolerance. GPU latencies come from gpu_speed.py;
 this script says what the rewrite removes, not what an H100 gains from it. Writes OUT_DIR/fused_work.{json,md}.
 """
 
@@ -108,19 +109,46 @@ def latency(variant: str, iterations: int) -> dict[str, Any]:
     x = torch.randn(1, 3, 480, 480, generator=torch.Generator().manual_seed(0))
     row: dict[str, Any] = {"case": f"{variant} b1 480x480", "threads": torch.get_num_threads()}
     outputs = {}
-    with torch.inference_mode():
-        for label, network in (("original", original), ("fused", fused)):
+    for label, network in (("original", original), ("fused", fused)):
+        with torch.inference_mode():
             outputs[label] = network(x)  # warm-up
-            times = []
-            for _ in range(iterations):
-                started = time.perf_counter()
-                network(x)
-                times.append((time.perf_counter() - started) * 1000)
-            row[f"{label}_cpu_fp32_ms"] = statistics.median(times)
+            row[f"{label}_torch_ms"] = _median_ms(lambda n=network: n(x), iterations)
+        run = _ort_session(network, x)
+        row[f"{label}_ort_ms"] = _median_ms(run, iterations)
     metrics = compare_features(outputs["fused"], outputs["original"])
     row["pixel_cosine_min"] = metrics.pixel_cosine_min
     row["fp32_tolerance_passes"] = TOLERANCES["fp32"].passes(metrics)
     return row
+
+
+def _median_ms(fn: Any, iterations: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(iterations):
+        started = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def _ort_session(network: torch.nn.Module, x: torch.Tensor) -> Any:
+    """ONNX Runtime (CPU) on an export of `network` with dynamic batch and size; returns a call on `x`."""
+    import tempfile
+    import warnings
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        path = f"{tmp}/model.onnx"
+        axes = {"x": {0: "b", 2: "h", 3: "w"}, "y": {0: "b", 2: "h2", 3: "w2"}}
+        torch.onnx.export(
+            network, (torch.zeros(1, 3, 64, 64),), path, input_names=["x"], output_names=["y"],
+            opset_version=17, dynamo=False, dynamic_axes=axes,
+        )  # fmt: skip
+        session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = {"x": x.numpy()}
+    return lambda: session.run(None, feed)
 
 
 def markdown(record: dict[str, Any]) -> str:
