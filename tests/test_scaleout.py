@@ -289,3 +289,19 @@ def test_a_worker_stops_when_the_queue_stays_locked(monkeypatch: pytest.MonkeyPa
     tasks._rlock.acquire()  # what a worker killed inside `get` leaves behind
     with pytest.raises(LsegTrtError, match="a worker died holding it"):
         next(multi_gpu._claimed(tasks))
+
+
+def test_reports_larger_than_a_pipe_do_not_hang_the_parent() -> None:
+    """A worker's report (its shard list) can exceed the pipe's 64 KiB; it exits only once that is read."""
+    import torch.multiprocessing as mp
+
+    from lseg_trt.extraction.multi_gpu import _reports
+
+    context = mp.get_context("spawn")
+    results = context.Queue()
+    report = ("worker0 cpu", 1.0, list(range(100_000)))  # about 500 KB pickled
+    process = context.Process(target=results.put, args=(report,))
+    process.start()
+    started = time.perf_counter()
+    assert _reports({"worker0 cpu": process}, results) == [report]
+    assert process.exitcode == 0 and time.perf_counter() - started < 60

@@ -6,8 +6,9 @@ its own `FeatureExtractor` on its device and takes the next shard whenever its p
 input, so a faster or less loaded GPU does more shards (video frames keep a fixed split: see
 `_task_queues`). Shards are fixed slices of the sorted items
 and every shard is written atomically with its manifest last, so the result does not depend on which
-worker ran which shard, and a worker that dies leaves only complete shards (it loses the shard it was
-on, and the next one it had taken): the parent names its device, and `--resume` does the rest.
+worker ran which shard, and a worker that dies leaves only complete shards (it loses the shards it had
+taken: its decoder reads 32 items ahead, plus the batches in flight, so with small shards that can be
+several): the parent names its device, and `--resume` does the rest.
 """
 
 from __future__ import annotations
@@ -15,15 +16,22 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import queue
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.extractor import FeatureExtractor, default_workers
 from lseg_trt.extraction.manifest import read_manifest
 from lseg_trt.extraction.run import RunOutput, ShardSpec, Summary, run_shards
+
+if TYPE_CHECKING:
+    from multiprocessing.context import BaseContext
+    from multiprocessing.process import BaseProcess
+    from multiprocessing.queues import Queue
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +118,8 @@ def fail_once_here() -> None:
 CLAIM_TIMEOUT_S = 120.0
 
 
-def _claimed(tasks) -> Iterator[ShardSpec]:  # noqa: ANN001
+def _claimed(tasks: Queue) -> Iterator[ShardSpec]:
     """This worker's shards: taken from the parent's queue one at a time, until its stop marker."""
-    import queue
-
     while True:
         try:
             shard = tasks.get(timeout=CLAIM_TIMEOUT_S)
@@ -125,7 +131,7 @@ def _claimed(tasks) -> Iterator[ShardSpec]:  # noqa: ANN001
         yield shard
 
 
-def _worker(spec: ExtractorSpec, name: str, tasks, output: RunOutput, results) -> None:  # noqa: ANN001
+def _worker(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue) -> None:
     with spec.build(name.split()[-1]) as extractor:
         start = time.perf_counter()
         shards = _claimed(tasks)
@@ -166,11 +172,9 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
         processes[name] = context.Process(target=_worker, args=(spec, name, queues[w], output, results))
         processes[name].start()
     log.info("%d shards on %d worker(s): %s", len(shards), len(processes), ", ".join(processes))
-    for process in processes.values():
-        process.join()
+    reports = _reports(processes, results)
     summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
-    while not results.empty():
-        name, seconds, written = results.get()
+    for name, seconds, written in reports:
         summary.timings[name] = round(seconds, 4)
         summary.shards_by_worker[name] = written
         log.info("%s: %d shards in %.1f s", name, len(written), seconds)
@@ -181,7 +185,23 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     return summary_from_manifests(summary, shards, output.layout.run_dir)
 
 
-def _task_queues(context, shards: list[ShardSpec], workers: int) -> list:  # noqa: ANN001
+def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int]]]:
+    """Each finished worker's (name, seconds, shards written), read while the workers run: a child cannot
+    exit before its queued report has gone through the pipe (64 KiB on Linux; a long shard list is more),
+    so joining first could wait for ever."""
+    reports = []
+    while any(p.is_alive() for p in processes.values()) or len(reports) < len(processes):
+        try:
+            reports.append(results.get(timeout=0.5))
+        except queue.Empty:
+            if not any(p.is_alive() for p in processes.values()):
+                break  # the rest died without a report
+    for process in processes.values():
+        process.join()
+    return reports
+
+
+def _task_queues(context: BaseContext, shards: list[ShardSpec], workers: int) -> list[Queue]:
     """The queue each worker takes its shards from, each followed by that worker's stop marker.
 
     Images: one queue shared by all, so a faster GPU takes more shards. Each shard goes on it whole: it
@@ -191,12 +211,12 @@ def _task_queues(context, shards: list[ShardSpec], workers: int) -> list:  # noq
     """
     video = any(item.frame is not None for shard in shards for item in shard.items)
     queues = [context.Queue() for _ in range(workers)] if video else [context.Queue()] * workers
-    for queue in dict.fromkeys(queues):  # shards left on a queue by a dead worker are not waited for: --resume
-        queue.cancel_join_thread()
+    for tasks in dict.fromkeys(queues):  # shards left on a queue by a dead worker are not waited for: --resume
+        tasks.cancel_join_thread()
     for j, shard in enumerate(shards):
         queues[j % workers].put(shard)
-    for queue in queues:
-        queue.put(None)
+    for tasks in queues:
+        tasks.put(None)
     return queues
 
 

@@ -184,7 +184,8 @@ def run_shards(
     Each shard is written by one of `write_threads` threads (a shard's items stay in order).
 
     `shards` is read lazily, as decoding needs more items, so the pipeline stays full across the shards
-    of a stream (a queue shared by workers): a shard is taken at most about one shard before its compute.
+    of a stream (a queue shared by workers): a shard is taken when the decoder, 32 items ahead of the
+    batches in flight, reaches it (with shards of 64 items, about one shard early).
     """
     extractor.activate()
     summary = Summary(output.layout.run_dir)
