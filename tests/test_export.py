@@ -30,6 +30,7 @@ from lseg_trt.export import (
 )
 from lseg_trt.files import remove_stale_temps
 from lseg_trt.models import LSeg, random_lseg
+from lseg_trt.models.fused import GRAPH
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,7 @@ def test_io_contract_and_metadata(exported: dict[str, Exported], tiny: LSeg, pre
     meta = inspect_onnx(path).metadata
     assert meta["variant"] == tiny.variant and meta["precision"] == precision and meta["io_names"] == "lseg-trt"
     assert meta["weights"] == "random" and meta["checkpoint_sha256"].startswith("random-")
-    assert meta["graph"] == "fused"  # the inference rewrite (lseg_trt.models.fused), verified like any export
+    assert meta["graph"] == GRAPH  # the inference rewrite (lseg_trt.models.fused), verified like any export
     assert [round(v, 3) for v in eval(meta["mean"])] == [round(v, 3) for v in tiny.mean]  # noqa: S307
     assert verified(meta)
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]
@@ -177,4 +178,4 @@ def test_cache_redoes_an_export_of_the_original_graph(tiny_rn: LSeg, tmp_path: P
     model.metadata_props.extend(kept)
     onnx.save(model, str(path))
     assert "graph" not in inspect_onnx(path).metadata
-    assert inspect_onnx(onnx_for(tiny_rn, "fp32", tmp_path)).metadata["graph"] == "fused"
+    assert inspect_onnx(onnx_for(tiny_rn, "fp32", tmp_path)).metadata["graph"] == GRAPH

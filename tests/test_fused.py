@@ -98,3 +98,17 @@ def test_real_size_rewrite_meets_the_fp32_tolerance(variant: str) -> None:
     with torch.no_grad():
         metrics = compare_features(fuse_for_inference(encoder)(x), encoder(x))
     assert TOLERANCES["fp32"].passes(metrics), metrics
+
+
+@pytest.mark.parametrize("variant", ["tiny_vit", "tiny_rn"])
+def test_rewrite_holds_no_weight_it_never_runs(variant: str) -> None:
+    """The unused readouts, the deepest block's skip unit and the merged head are gone, not carried along
+    to the GPU or into compiled packages."""
+    encoder = random_lseg(variant).image_encoder
+    fused = fuse_for_inference(encoder)
+    assert fused.scratch.blocks[3].skip_unit is None
+    assert not any("act_postprocess" in name for name, _ in fused.named_parameters())
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    features = encoder.config.features
+    merged_away = features * features + features  # refinenet1.out_conv, now inside the head
+    assert count(fused) <= count(encoder) - count(encoder.scratch.refinenet4.resConfUnit1) - merged_away

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from lseg_trt.files import atomic_path, export_dir_prefix, file_sha256, remove_stale_temps
+from lseg_trt.models.fused import GRAPH
 from lseg_trt.names import safe_component
 from lseg_trt.sidecars import file_matches, read_json, stamp, write_json
 
@@ -46,7 +47,7 @@ class PackageRequest:
     target: dict[str, str | None]  # `lseg_trt.hwinfo.gpu_target` of the device
     inductor_options: dict[str, Any] = field(default_factory=dict)
     torch_version: str = torch.__version__
-    graph: str = "fused"  # the network compiled: `lseg_trt.models.fused`'s rewrite of the encoder
+    graph: str = GRAPH  # the network compiled: `lseg_trt.models.fused`'s rewrite of the encoder
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -8,9 +8,9 @@ engines and its C++ tester look up. The choice is recorded in the metadata (`io_
 
 The graph is the inference rewrite of the encoder (`lseg_trt.models.fused`: BatchNorms folded, the
 decoder's 1x1 convolutions before their upsampling, the head merged, the ViT readout split), recorded as
-`graph: fused` in the metadata: it computes lang-seg's function with less work (ONNX Runtime on 2 CPU
+`graph` in the metadata: it computes lang-seg's function with less work (ONNX Runtime on 2 CPU
 cores at 480x480: RN101 -14 %, ViT-L/16 -5 %; benchmarks/results/cpu-2026-11-25), and TensorRT does
-not make these rewrites itself.
+not make these rewrites itself (it folds BatchNorms, as the exporter does; not the rest).
 Verification still compares with lang-seg's own structure in PyTorch.
 
 fp16 models are exported from the half-precision module itself: weights and compute are fp16, and the
@@ -41,7 +41,7 @@ from lseg_trt.files import export_dir_prefix, remove_stale_temps
 from lseg_trt.images import preprocess, samples
 from lseg_trt.metrics import FeatureMetrics, compare_features
 from lseg_trt.models import LSeg
-from lseg_trt.models.fused import fuse_for_inference
+from lseg_trt.models.fused import GRAPH, fuse_for_inference
 from lseg_trt.sizes import format_size
 from lseg_trt.tolerances import TOLERANCES, Tolerance
 
@@ -153,9 +153,6 @@ class Exported:
     verification: Verification | None  # None when exported with verify=False
 
 
-GRAPH = "fused"  # the encoder an export holds (see the module docstring); older exports have no such key
-
-
 def metadata(lseg: LSeg, precision: str, io_names: str, verification: Verification | None) -> dict[str, str]:
     """Model properties stored in the ONNX file: enough to rebuild or re-export it, and to trust it."""
     input_name, output_name = IO_NAMES[io_names]
@@ -247,7 +244,7 @@ def onnx_from_lseg(
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
     input_name, output_name = IO_NAMES[io_names]
-    encoder = fuse_for_inference(lseg.image_encoder.cpu())
+    encoder = fuse_for_inference(lseg.image_encoder).cpu()  # a copy: the caller's model stays where it is
     if precision == "fp16":
         encoder = encoder.half()
     size = lseg.config.size_multiple * 2

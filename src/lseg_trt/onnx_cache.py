@@ -14,8 +14,9 @@ import logging
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.export import GRAPH, OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
+from lseg_trt.export import OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
 from lseg_trt.models import VARIANTS, LSeg, load_lseg
+from lseg_trt.models.fused import GRAPH
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,10 @@ def fp16_sibling(onnx_path: Path, info: OnnxInfo, export_dir: Path) -> tuple[Pat
     for sibling in dict.fromkeys((onnx_path.with_name(name), export_dir / name)):
         if onnx_path.stem.endswith("_fp32") and sibling.is_file():
             sibling_info = onnx_info(sibling)
-            if _same_weights(sibling_info.metadata, variant, sha256):
+            same_graph = sibling_info.metadata.get("graph") == info.metadata.get("graph")
+            if _same_weights(sibling_info.metadata, variant, sha256) and same_graph:
                 return sibling, sibling_info
-            log.info("not using %s: not verified, or not made from the weights of %s", sibling, onnx_path.name)
+            log.info("not using %s: not verified, or not the weights and graph of %s", sibling, onnx_path.name)
     loadable = weights == "random" or (weights is not None and Path(weights).is_file())
     if not onnx_path.stem.endswith("_fp32") or variant not in VARIANTS or not loadable:
         raise LsegTrtError(

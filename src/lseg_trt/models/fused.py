@@ -7,14 +7,15 @@ rounding only (the fidelity checks measure how much):
 - A 1x1 convolution commutes with bilinear x2 upsampling (align_corners=True weights sum to one, so the
   bias commutes too): each fusion block's `out_conv` runs at the low resolution, before the upsample,
   and the last one merges with the 1x1 head into one 256 -> 512 convolution. At 480x480 that removes
-  about 19 GFLOP and two full-resolution feature maps.
+  about 21 GFLOP and two full-resolution feature maps (benchmarks/results/cpu-2026-11-25/fused_work.md).
 - ViT readout `Linear(tokens ‖ cls)` splits into `tokens @ W_t + (cls @ W_c + b)`: half the GEMM and no
   concatenated copy. The reassemble 1x1 convolution runs as a Linear on the tokens, and the token
   tensor becomes an NCHW view with channels-last strides, so the decoder's half-precision
   convolutions (channels-last) get their layout without a transpose copy.
 
 The rewrite works on a copy (it shares no tensors with its source), is frozen (no parameter requires a
-gradient), and works for any variant of `lseg_trt.models.config`.
+gradient), drops weights that are never run, and works for any variant of `lseg_trt.models.config`.
+`GRAPH` names it in the keys of cached exports and compiled packages: change it with the rewrite.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ from lseg_trt.models.encoder import LSegImageEncoder, tracing
 from lseg_trt.models.resnet import ResNetTrunk
 from lseg_trt.models.vit import ViTTrunk
 from lseg_trt.sizes import check_size
+
+GRAPH = "fused-1"
 
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
@@ -54,6 +57,8 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 def _merged_1x1(first: nn.Conv2d, second: nn.Conv2d) -> nn.Conv2d:
     """`second(first(x))` for two 1x1 convolutions with biases, as one."""
+    if first.kernel_size != (1, 1) or second.kernel_size != (1, 1) or first.groups != 1 or second.groups != 1:
+        raise ValueError("only two dense 1x1 convolutions merge into one")
     w1, w2 = first.weight.double()[:, :, 0, 0], second.weight.double()[:, :, 0, 0]
     merged = nn.Conv2d(first.in_channels, second.out_channels, 1)
     dtype = first.weight.dtype
@@ -87,16 +92,17 @@ class FusedResidualUnit(nn.Module):
 
 
 class FusedFusionBlock(nn.Module):
-    """The fusion block with its 1x1 output convolution (`out_conv`, or a replacement) before the upsample."""
+    """The fusion block with its 1x1 output convolution (`out_conv`, or a replacement) before the upsample.
+    The deepest block has no skip input, so its skip unit (never run, but in every checkpoint) is dropped."""
 
-    def __init__(self, block: FeatureFusionBlock, out_conv: nn.Conv2d) -> None:
+    def __init__(self, block: FeatureFusionBlock, out_conv: nn.Conv2d, skip: bool = True) -> None:
         super().__init__()
-        self.skip_unit = FusedResidualUnit(block.resConfUnit1)
+        self.skip_unit = FusedResidualUnit(block.resConfUnit1) if skip else None
         self.unit = FusedResidualUnit(block.resConfUnit2)
         self.out_conv = out_conv
 
     def forward(self, deeper: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
-        out = deeper if skip is None else deeper + self.skip_unit(skip)
+        out = deeper if skip is None or self.skip_unit is None else deeper + self.skip_unit(skip)
         return _upsample2(self.out_conv(self.unit(out)))
 
 
@@ -107,8 +113,9 @@ class FusedDecoder(nn.Module):
         super().__init__()
         self.projections = nn.ModuleList([decoder.layer1_rn, decoder.layer2_rn, decoder.layer3_rn, decoder.layer4_rn])
         last = FusedFusionBlock(decoder.refinenet1, _merged_1x1(decoder.refinenet1.out_conv, decoder.head1))
-        blocks = [decoder.refinenet2, decoder.refinenet3, decoder.refinenet4]
-        self.blocks = nn.ModuleList([last] + [FusedFusionBlock(b, b.out_conv) for b in blocks])
+        middle = [FusedFusionBlock(b, b.out_conv) for b in (decoder.refinenet2, decoder.refinenet3)]
+        deepest = FusedFusionBlock(decoder.refinenet4, decoder.refinenet4.out_conv, skip=False)
+        self.blocks = nn.ModuleList([last, *middle, deepest])
 
     def forward(self, *maps: torch.Tensor) -> torch.Tensor:
         p1, p2, p3, p4 = (project(m) for project, m in zip(self.projections, maps, strict=True))
@@ -141,27 +148,19 @@ class FusedReassemble(nn.Module):
 
 
 class FusedViTTrunk(nn.Module):
-    """`ViTTrunk` with fused reassemble stages; the transformer blocks are shared code (timm's)."""
+    """`ViTTrunk` with fused reassemble stages; the token stage is `ViTTrunk.taps` itself."""
 
     def __init__(self, trunk: ViTTrunk) -> None:
         super().__init__()
+        names = ("act_postprocess1", "act_postprocess2", "act_postprocess3", "act_postprocess4")
+        self.stages = nn.ModuleList(FusedReassemble(getattr(trunk, name)) for name in names)
+        for name in names:  # their weights now live in `stages`; the trunk is a private copy
+            delattr(trunk, name)
+        del trunk.model.blocks[trunk.hooks[-1] + 1 :]  # never run: they only feed the discarded final norm
         self.trunk = trunk
-        self.stages = nn.ModuleList(
-            FusedReassemble(s)
-            for s in (trunk.act_postprocess1, trunk.act_postprocess2, trunk.act_postprocess3, trunk.act_postprocess4)
-        )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        trunk, model = self.trunk, self.trunk.model
-        grid_h, grid_w = x.shape[2] // trunk.patch_size, x.shape[3] // trunk.patch_size
-        tokens = model.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        h = torch.cat((model.cls_token.expand(x.shape[0], -1, -1), tokens), dim=1)
-        h = h + trunk.resized_pos_embed(grid_h, grid_w)
-        taps = []
-        for index, block in enumerate(model.blocks[: trunk.hooks[-1] + 1]):
-            h = block(h)
-            if index in trunk.hooks:
-                taps.append(h)
+        taps, grid_h, grid_w = self.trunk.taps(x)
         return tuple(stage(tap, grid_h, grid_w) for stage, tap in zip(self.stages, taps, strict=True))
 
 

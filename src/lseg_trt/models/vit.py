@@ -82,19 +82,23 @@ class ViTTrunk(nn.Module):
         grid = grid.to(pos.dtype).permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)
         return torch.cat((cls_pos, grid), dim=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        b = x.shape[0]
+    def taps(self, x: torch.Tensor) -> tuple[list[torch.Tensor], int, int]:
+        """The hooked blocks' token outputs (B, 1 + h*w, C) and the patch grid (h, w); shared with the
+        inference rewrite (`lseg_trt.models.fused`), which reassembles them differently."""
         grid_h, grid_w = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
         tokens = self.model.patch_embed.proj(x).flatten(2).transpose(1, 2)
-        cls = self.model.cls_token.expand(b, -1, -1)
+        cls = self.model.cls_token.expand(x.shape[0], -1, -1)
         h = torch.cat((cls, tokens), dim=1) + self.resized_pos_embed(grid_h, grid_w)
         taps = []
-        for index, block in enumerate(self.model.blocks):
-            h = block(h)
+        for index, block in enumerate(self.model.blocks[: self.hooks[-1] + 1]):  # later blocks only feed
+            h = block(h)  # the discarded final norm
             if index in self.hooks:
                 taps.append(h)
-            if index == self.hooks[-1]:
-                break  # later blocks only feed the discarded final norm
+        return taps, grid_h, grid_w
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        b = x.shape[0]
+        taps, grid_h, grid_w = self.taps(x)
         stages = (self.act_postprocess1, self.act_postprocess2, self.act_postprocess3, self.act_postprocess4)
         maps = []
         for stage, tap in zip(stages, taps, strict=True):
