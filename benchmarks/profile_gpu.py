@@ -10,6 +10,7 @@ remove), and kernel time per class (GEMM, attention, convolution, normalisation/
 from __future__ import annotations
 
 import argparse
+import tempfile
 from collections import defaultdict
 
 import torch
@@ -38,7 +39,8 @@ def kernel_class(name: str) -> str:
 
 def main(variant: str, sizes: list[int], backend: str) -> None:
     lseg = load_lseg("random", variant=variant)
-    runner = make_runner(parse_backend(backend), lseg, "cuda", "/tmp/lseg-profile-cache").activate()
+    cache = tempfile.mkdtemp(prefix="lseg-profile-")  # ONNX/engine caches of backends that need them
+    runner = make_runner(parse_backend(backend), lseg, "cuda", cache).activate()
     torch.backends.cudnn.benchmark = True
     print(f"# {variant} {backend}: CUDA kernel time per forward ({torch.cuda.get_device_name()})\n")
     for size in sizes:

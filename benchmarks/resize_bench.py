@@ -53,11 +53,12 @@ def synchronize(device: torch.device) -> None:
 
 def tf32_difference(pixels: torch.Tensor, expected: torch.Tensor) -> float:
     """Max abs difference when a user has switched TF32 on globally (the resize does not override it)."""
+    before = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True
     try:
         return (gemm(pixels) - expected).abs().max().item()
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = before
 
 
 def main() -> None:

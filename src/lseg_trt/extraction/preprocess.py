@@ -7,10 +7,12 @@ changes in the features.
 
 On a GPU the resize is two matrix products, out = Wh @ X @ Ww^T per image and channel, with the filter
 weights of each axis in a dense matrix (`resize_weights`): it computes what `F.interpolate(...,
-mode="bilinear", antialias=True)` computes (within 1e-4 on the 0..255 scale, tested), but device
-pre-processing plus reductions cost about 1.7 ms per 720p frame on an H100 beside the model's 2.8, most
-likely torch's direct 2-D antialias kernel, while these GEMMs are about 4 GFLOP per frame (well under
-0.1 ms at the H100's float32 rate; not yet timed there). On a CPU torch's kernel is separable and touches
+mode="bilinear", antialias=True)` computes (7.6e-5 at most on the 0..255 scale over the tested sizes;
+tests assert 1e-3). Torch's antialias kernel on CUDA is a direct 2-D kernel, and on the H100 a 720p
+frame took 0.7 ms longer through `stream()` than through the model alone (batch 8, 480x640; 1.7 ms in
+the to-disk run's compute stage, reductions included); these GEMMs are about 4.9 GFLOP per frame, about
+0.07 ms at the H100's float32 peak. Neither kernel has been timed alone on a GPU yet
+(`benchmarks/resize_bench.py --device cuda` does). On a CPU torch's kernel is separable and touches
 only the filter taps: 18 ms per 720p frame against 61 ms for the dense products on 2 cores
 (benchmarks/results/cpu-2026-11-25/resize_bench.md), so the CPU keeps it.
 """
