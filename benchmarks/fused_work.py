@@ -1,6 +1,6 @@
 """How much work the inference rewrite (`lseg_trt.models.fused`) removes, measured where no GPU is needed.
 
-Usage: python benchmarks/fused_work.py OUT_DIR [--latency-iterations 3] [--no-latency]
+Usage: python benchmarks/fused_work.py OUT_DIR [--latency-iterations 7] [--no-latency]
 
 For each GPU benchmark case of issue 13 it counts, on the meta device (no memory, no compute):
 - FLOPs of one forward (torch's FlopCounterMode: matmuls, convolutions, attention), lang-seg's encoder
@@ -9,8 +9,9 @@ For each GPU benchmark case of issue 13 it counts, on the meta device (no memory
   kernel: what an eager forward writes to memory, a proxy for its memory-bound share (Inductor fuses
   some of it away in both networks).
 It then times fp32 forwards of both on this machine's CPU at 480x480 (batch 1), in PyTorch eager and in
-ONNX Runtime (each network exported as `lseg_trt.export` exports, TorchScript exporter, opset 17), and
-checks the rewrite's features against the original's with the fp32 tolerance. GPU latencies come from gpu_speed.py;
+ONNX Runtime (each network exported as `lseg_trt.export` exports: TorchScript exporter, opset 17), all
+four taking turns in each round (median and min), and checks the rewrite's features against the
+original's with the fp32 tolerance. GPU latencies come from gpu_speed.py;
 this script says what the rewrite removes, not what an H100 gains from it. Writes OUT_DIR/fused_work.{json,md}.
 """
 
@@ -108,27 +109,40 @@ def latency(variant: str, iterations: int) -> dict[str, Any]:
     fused = fuse_for_inference(original)
     x = torch.randn(1, 3, 480, 480, generator=torch.Generator().manual_seed(0))
     row: dict[str, Any] = {"case": f"{variant} b1 480x480", "threads": torch.get_num_threads()}
-    outputs = {}
+    with torch.inference_mode():
+        outputs = {"original": original(x), "fused": fused(x)}  # also the warm-up
+    calls = {}
     for label, network in (("original", original), ("fused", fused)):
-        with torch.inference_mode():
-            outputs[label] = network(x)  # warm-up
-            row[f"{label}_torch_ms"] = _median_ms(lambda n=network: n(x), iterations)
-        run = _ort_session(network, x)
-        row[f"{label}_ort_ms"] = _median_ms(run, iterations)
+        calls[f"{label}_torch"] = lambda n=network: _inference(n, x)
+        calls[f"{label}_ort"] = _ort_session(network, x)
+    row.update(_interleaved_ms(calls, iterations))
     metrics = compare_features(outputs["fused"], outputs["original"])
     row["pixel_cosine_min"] = metrics.pixel_cosine_min
     row["fp32_tolerance_passes"] = TOLERANCES["fp32"].passes(metrics)
     return row
 
 
-def _median_ms(fn: Any, iterations: int) -> float:
-    fn()  # warm-up
-    times = []
+def _inference(network: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return network(x)
+
+
+def _interleaved_ms(calls: dict[str, Any], iterations: int) -> dict[str, float]:
+    """Median and min ms of each call, the calls taking turns in every round, so that a shared machine's
+    slow spells hit all of them alike instead of whichever ran then."""
+    for call in calls.values():
+        call()  # warm-up
+    times: dict[str, list[float]] = {label: [] for label in calls}
     for _ in range(iterations):
-        started = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
+        for label, call in calls.items():
+            started = time.perf_counter()
+            call()
+            times[label].append((time.perf_counter() - started) * 1000)
+    return {
+        f"{label}_{stat.__name__}_ms": stat(values)
+        for label, values in times.items()
+        for stat in (statistics.median, min)
+    }
 
 
 def _ort_session(network: torch.nn.Module, x: torch.Tensor) -> Any:
@@ -169,7 +183,7 @@ def markdown(record: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--latency-iterations", type=int, default=3)
+    parser.add_argument("--latency-iterations", type=int, default=7)
     parser.add_argument("--no-latency", action="store_true")
     args = parser.parse_args()
     record: dict[str, Any] = {"machine": hwinfo.collect(), "work": [], "latency": []}

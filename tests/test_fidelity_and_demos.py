@@ -160,3 +160,19 @@ def test_real_size_segmentation_at_small_size() -> None:
     assert features.shape == (1, 512, 32, 48)
     seg = segment_labels(features, lseg, ["cup", "table", "other"], (400, 600))
     assert seg.label_map.shape == (400, 600) and abs(sum(s for _, s in seg.shares()) - 1) < 1e-9
+
+
+@pytest.mark.skipif(not hasattr(torch.backends.cuda.matmul, "fp32_precision"), reason="torch < 2.9")
+def test_strict_fp32_works_after_the_new_tf32_api_and_restores_it() -> None:
+    """Reading the legacy TF32 flags after a caller set the new ones raises in torch; strict_fp32 must not."""
+    from lseg_trt.fidelity import strict_fp32
+
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.fp32_precision, conv.fp32_precision
+    try:
+        matmul.fp32_precision = conv.fp32_precision = "tf32"
+        with strict_fp32():
+            assert (matmul.fp32_precision, conv.fp32_precision) == ("ieee", "ieee")
+        assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
+    finally:
+        matmul.fp32_precision, conv.fp32_precision = saved

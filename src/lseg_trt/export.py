@@ -9,7 +9,7 @@ engines and its C++ tester look up. The choice is recorded in the metadata (`io_
 The graph is the inference rewrite of the encoder (`lseg_trt.models.fused`: BatchNorms folded, the
 decoder's 1x1 convolutions before their upsampling, the head merged, the ViT readout split), recorded as
 `graph` in the metadata: it computes lang-seg's function with less work (ONNX Runtime on 2 CPU
-cores at 480x480: RN101 -14 %, ViT-L/16 -5 %; benchmarks/results/cpu-2026-11-25), and TensorRT does
+cores at 480x480, best of 7: RN101 -12 %, ViT-L/16 -6 %; benchmarks/results/cpu-2026-11-25), and TensorRT does
 not make these rewrites itself (it folds BatchNorms, as the exporter does; not the rest).
 Verification still compares with lang-seg's own structure in PyTorch.
 

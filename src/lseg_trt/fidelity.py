@@ -44,13 +44,25 @@ def defaults_for(device: str) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def strict_fp32() -> Iterator[None]:
-    """A float32 reference means float32: PyTorch lets cuDNN use TF32 for convolutions by default."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    """A float32 reference means float32: PyTorch lets cuDNN use TF32 for convolutions by default.
+
+    Through the `fp32_precision` flags where torch has them (2.9+): they read correctly whichever API the
+    caller used, where reading the legacy `allow_tf32` after the caller set the new one raises.
+    """
+    if hasattr(torch.backends.cuda.matmul, "fp32_precision"):
+        flags = (torch.backends.cuda.matmul, torch.backends.cudnn.conv)
+        name, strict = "fp32_precision", "ieee"
+    else:
+        flags = (torch.backends.cuda.matmul, torch.backends.cudnn)
+        name, strict = "allow_tf32", False
+    saved = [getattr(flag, name) for flag in flags]
+    for flag in flags:
+        setattr(flag, name, strict)
     try:
         yield
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        for flag, value in zip(flags, saved, strict=True):
+            setattr(flag, name, value)
 
 
 def is_unavailable(error: BaseException) -> bool:
