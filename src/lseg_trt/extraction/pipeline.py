@@ -93,7 +93,7 @@ def decode_ahead(items: Iterable[Item], workers: int, timings: Timings, lookahea
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lseg-trt-decode") as pool:
         for video, run in itertools.groupby(items, key=lambda i: i.path if i.frame is not None else None):
             if video is not None:
-                yield from background(decode_video(list(run)), lookahead, "lseg-trt-video")
+                yield from background(_timed_frames(decode_video(list(run)), timings), lookahead, "lseg-trt-video")
                 continue
             pending: deque = deque()
             for item in run:
@@ -102,6 +102,17 @@ def decode_ahead(items: Iterable[Item], workers: int, timings: Timings, lookahea
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
+
+
+def _timed_frames(frames: Iterator[Decoded], timings: Timings) -> Iterator[Decoded]:
+    """A video's frames, the time spent decoding each added to `decode` as an image's is."""
+    while True:
+        start = time.perf_counter()
+        decoded = next(frames, None)
+        if decoded is None:
+            return
+        timings.add("decode", time.perf_counter() - start)
+        yield decoded
 
 
 @dataclass

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ class Item:
     bytes: int
     mtime_ns: int
     frame: int | None = None  # index in a video file
+    error: str | None = None  # why a video could not be listed: this item then fails with it
 
     @property
     def component(self) -> str:
@@ -80,7 +81,7 @@ def scan(source: Source) -> Listing:
     sources = [source] if isinstance(source, str | Path) else list(source)
     expanded = [_expand(str(s)) for s in sources]
     found = [entry for entries, _ in expanded for entry in entries]
-    items = [frame for name, path in _unique_names(found) for frame in _frames(_file_item(name, path))]
+    items = _named_items(found)
     if not items:
         raise LsegTrtError(f"no images found in {', '.join(map(str, sources))}")
     return Listing(sorted(items, key=lambda i: i.name), sum(ignored for _, ignored in expanded))
@@ -144,19 +145,25 @@ def _list_file(path: Path) -> list[tuple[Path, Path]]:
     return [(e, root) for e in entries]  # missing entries fail at decode, recorded per item
 
 
-def _unique_names(found: list[tuple[Path, Path]]) -> list[tuple[str, Path]]:
-    """Names relative to each root without the suffix; if two collide (`a.png`, `a.jpg`) every name keeps
-    its suffix; if names still collide (inputs with different roots) the absolute path is the name."""
+def _named_items(found: list[tuple[Path, Path]]) -> list[Item]:
+    """Items named relative to each root without the suffix (a video's frames `<name>/000000`, ...); if two
+    names collide (`a.png` and `a.jpg`, or frames of `clip.mp4` and `clip/000000.png`) every name keeps its
+    suffix; if names still collide (inputs with different roots) the absolute path is the name."""
     entries = list({path.absolute(): (path, _relative(path, root)) for path, root in found}.values())
+    parts = [_frames(_file_item("", path)) for path, _ in entries]  # each video is opened once: names "/<frame>"
     for naming in (
         lambda path, rel: rel.with_suffix("").as_posix(),
         lambda path, rel: rel.as_posix(),
         lambda path, rel: path.absolute().as_posix().lstrip("/"),
     ):
-        names = [naming(path, rel) for path, rel in entries]
-        if len(set(names)) == len(names):
+        items = [
+            replace(part, name=naming(path, rel) + part.name)
+            for (path, rel), group in zip(entries, parts, strict=True)
+            for part in group
+        ]
+        if len({item.name for item in items}) == len(items):
             break
-    return list(zip(names, [path for path, _ in entries], strict=True))
+    return items
 
 
 def _relative(path: Path, root: Path) -> Path:
@@ -175,10 +182,19 @@ def _file_item(name: str, path: Path) -> Item:
 
 
 def _frames(item: Item) -> list[Item]:
+    """A video's frames as items, numbered with at least 6 digits, more past a million frames, so names
+    sort in frame order. A video that cannot be read stays one item that fails, as an unreadable image
+    does, instead of ending the listing of the rest."""
     if item.path.suffix.lower() not in VIDEO_SUFFIXES:
         return [item]
-    count = _frame_count(item.path)
-    return [Item(f"{item.name}/{i:06d}", item.path, item.bytes, item.mtime_ns, i) for i in range(count)]
+    try:
+        count = _frame_count(item.path)
+    except MissingDependencyError:
+        raise
+    except LsegTrtError as e:
+        return [replace(item, error=str(e))]
+    width = max(6, len(str(count - 1)))
+    return [Item(f"{item.name}/{i:0{width}d}", item.path, item.bytes, item.mtime_ns, i) for i in range(count)]
 
 
 def _frame_count(path: Path) -> int:
@@ -192,7 +208,10 @@ def _frame_count(path: Path) -> int:
         raise MissingDependencyError(f"reading video {path} needs PyAV: pip install av") from None
     except (av.FFmpegError, IndexError) as e:
         raise LsegTrtError(f"cannot read video {path}: {e}") from None
-    return stated or sum(1 for _ in _video_frames(path))
+    count = stated or sum(1 for _ in _video_frames(path))
+    if not count:
+        raise LsegTrtError(f"cannot read video {path}: no frames")
+    return count
 
 
 def _video_frames(path: Path) -> Iterator[np.ndarray]:
@@ -212,7 +231,10 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
 
 
 def decode(item: Item) -> np.ndarray | LsegTrtError:
-    """An image item's RGB uint8 array, or the user error that explains why it cannot be read."""
+    """An image item's RGB uint8 array, or the user error that explains why it cannot be read (also the
+    error of a video that could not be listed, which stays one item)."""
+    if item.error is not None:
+        return LsegTrtError(item.error)
     try:
         return load_rgb_array(item.path)
     except LsegTrtError as e:
@@ -222,17 +244,19 @@ def decode(item: Item) -> np.ndarray | LsegTrtError:
 def decode_video(items: Sequence[Item]) -> Iterator[tuple[Item, np.ndarray | LsegTrtError]]:
     """Frames of one video in order, decoded once from the start (frames not in `items` are skipped)."""
     wanted = {item.frame: item for item in items}
-    done = 0
+    done = decoded = 0
     try:
-        for index, frame in enumerate(_video_frames(items[0].path)):
-            if index in wanted:
-                yield wanted[index], np.ascontiguousarray(frame)
+        for frame in _video_frames(items[0].path):
+            item = wanted.get(decoded)
+            decoded += 1
+            if item is not None:
+                yield item, np.ascontiguousarray(frame)
                 done += 1
                 if done == len(wanted):
                     return
     except LsegTrtError as e:
         error = e
     else:
-        error = LsegTrtError(f"{items[0].path}: video ended before frame {max(wanted)}")
+        error = LsegTrtError(f"{items[0].path}: video ended after {decoded} frames")
     for item in items[done:]:  # items come in frame order, so the first `done` were yielded
         yield item, error
