@@ -1,0 +1,47 @@
+"""The benchmark scripts run end to end on the CPU, so a GPU session (scarce device time) never finds a
+script that breaks before it measures anything. Their figures are not checked: they are not tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *args: str) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / name), *args], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_fused_work_counts_less_work_for_the_rewrite(tmp_path: Path) -> None:
+    run_script("fused_work.py", str(tmp_path), "--no-latency")
+    record = json.loads((tmp_path / "fused_work.json").read_text())
+    assert record["machine"] and len(record["work"]) == 5
+    assert all(0 < row["gflop_removed"] < 0.5 and row["written_removed"] > 0 for row in record["work"])
+
+
+def test_resize_bench_writes_its_figures(tmp_path: Path) -> None:
+    run_script("resize_bench.py", str(tmp_path), "--runs", "1")
+    assert (tmp_path / "resize_bench.md").read_text().count("ms per frame") >= 1
+    assert json.loads((tmp_path / "resize_bench.json").read_text())
+
+
+@pytest.mark.slow
+def test_gpu_speed_runs_its_sections_on_the_cpu(tmp_path: Path) -> None:
+    """The sections the next GPU run starts with, on the tiny network: baseline with the rewrite, candidates."""
+    out = tmp_path / "out"
+    run_script(
+        "gpu_speed.py", str(out), "--device", "cpu", "--variant", "tiny_vit", "--quick",
+        "--only", "baseline,candidates", "--budget-s", "300", "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    record = json.loads((out / "gpu_speed.json").read_text())
+    rows = [r for r in record["rows"] if r["section"] in ("baseline", "candidates") and "backend" in r]
+    assert {"torch", "torch-compile-fp16", "torch-compile-fused"} <= {r["backend"] for r in rows}
+    assert all(r["status"] == "ok" for r in rows), rows
