@@ -305,3 +305,19 @@ def test_reports_larger_than_a_pipe_do_not_hang_the_parent() -> None:
     started = time.perf_counter()
     assert _reports({"worker0 cpu": process}, results) == [report]
     assert process.exitcode == 0 and time.perf_counter() - started < 60
+
+
+def test_a_worker_ends_a_user_error_with_one_line_and_exit_code_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch.multiprocessing as mp
+
+    from lseg_trt.extraction.multi_gpu import _worker
+
+    results = mp.get_context("spawn").Queue()
+    spec = ExtractorSpec(weights=str(tmp_path / "missing.ckpt"))
+    with pytest.raises(SystemExit) as exit_info:
+        _worker(spec, "worker0 cpu", results, None, results)  # type: ignore[arg-type]
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lseg-trt extract: error: worker0 cpu: ") and "\n" not in err and "Traceback" not in err

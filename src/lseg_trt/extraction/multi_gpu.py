@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import queue
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -132,6 +133,16 @@ def _claimed(tasks: Queue) -> Iterator[ShardSpec]:
 
 
 def _worker(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue) -> None:
+    """A user-causable failure ends the worker with one line and exit code 2, as the CLI does; the parent
+    then names the device and `--resume` picks up its shards."""
+    try:
+        _work(spec, name, tasks, output, results)
+    except LsegTrtError as e:
+        print(f"lseg-trt extract: error: {name}: {e}", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
+def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue) -> None:
     with spec.build(name.split()[-1]) as extractor:
         start = time.perf_counter()
         shards = _claimed(tasks)
