@@ -8,10 +8,12 @@ given it: a `ModelSource` with a validated `ModelInfo`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lseg_trt.engines import EngineRecord
@@ -32,10 +34,16 @@ class ModelInfo:
 
     variant: str
     weights_name: str  # a safe path component
-    weights_sha256: str
     precision: str
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # asked for the weights' sha256 when first needed: hashing a checkpoint (or a random network's 1.2 GB
+    # of tensors) takes seconds, and a torch runner's start never needs it
+    sha256_of: Callable[[], str] = field(compare=False, repr=False)
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.sha256_of()
 
 
 def _triple(meta: dict[str, str], key: str, source: str, positive: bool) -> tuple[float, float, float]:
@@ -76,10 +84,10 @@ def model_info_from_metadata(meta: dict[str, str], source: str) -> ModelInfo:
     return ModelInfo(
         variant=variant,
         weights_name=weights_name,
-        weights_sha256=meta.get("checkpoint_sha256", ""),
         precision=precision,
         mean=_triple(meta, "mean", source, positive=False),
         std=_triple(meta, "std", source, positive=True),
+        sha256_of=functools.partial(str, meta.get("checkpoint_sha256", "")),
     )
 
 
@@ -104,10 +112,10 @@ class ModelSource:
         info = ModelInfo(
             variant=lseg.variant,
             weights_name=lseg.weights_name,
-            weights_sha256=lseg.weights_sha256,
             precision="fp32",
             mean=lseg.mean,
             std=lseg.std,
+            sha256_of=lambda: lseg.weights_sha256,  # cached by the network
         )
         return cls("weights", info, lseg, None)
 
