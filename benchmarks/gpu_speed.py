@@ -547,32 +547,20 @@ def _tuned_runner_class() -> type:
     from lseg_trt.backends.torch import TorchCompileRunner
 
     class Tuned(TorchCompileRunner):
-        """torch.compile of the encoder or its inference rewrite, with a mode or Inductor options, or an
-        SDPA backend pinned while tracing and capturing."""
+        """torch.compile of the encoder or its inference rewrite (`fused`), with Inductor options
+        (`options`), or an SDPA backend pinned while tracing and capturing (`sdpa`)."""
 
-        mode: str | None = None
-        options: dict[str, Any] | None = None
         sdpa: Any = None
 
         @classmethod
-        def build(cls, bench: Bench, variant: str, precision: str, fused: bool = False, **kwargs: Any) -> Any:
+        def build(cls, bench: Bench, variant: str, precision: str, **kwargs: Any) -> Any:
             from lseg_trt.backends import parse_backend
-            from lseg_trt.models.fused import fuse_for_inference
 
-            encoder = bench.lseg(variant).image_encoder
-            runner = cls(
-                fuse_for_inference(encoder) if fused else encoder,
-                parse_backend(bench.backend_name(f"torch-compile-{precision}+graph")),
-                bench.device,
-            )
+            spec = parse_backend(bench.backend_name(f"torch-compile-{precision}+graph"))
+            runner = cls(bench.lseg(variant).image_encoder, spec, bench.device)
             for key, value in kwargs.items():
                 setattr(runner, key, value)
             return runner.activate()
-
-        def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-            torch._dynamo.reset()
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-            return torch.compile(model, dynamic=False, mode=self.mode, options=self.options)
 
         def _context(self) -> contextlib.AbstractContextManager[Any]:
             from torch.nn.attention import sdpa_kernel

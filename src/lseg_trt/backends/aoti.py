@@ -20,12 +20,10 @@ import torch
 from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
 from lseg_trt.compiled_cache import PackageRequest, package_for
 from lseg_trt.hwinfo import gpu_target
-from lseg_trt.models.fused import fuse_for_inference
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
     from lseg_trt.models import LSegImageEncoder
-    from lseg_trt.models.fused import FusedImageEncoder
     from lseg_trt.tensorrt.options import Profile
 
 log = logging.getLogger(__name__)
@@ -39,7 +37,7 @@ class AotiRunner(Runner):
 
     def __init__(
         self,
-        encoder: LSegImageEncoder | FusedImageEncoder,
+        encoder: LSegImageEncoder,
         spec: BackendSpec,
         device: str | torch.device,
         cache_dir: Path,
@@ -62,7 +60,7 @@ class AotiRunner(Runner):
         cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> AotiRunner:
         return cls(
-            fuse_for_inference(lseg_of(source, spec.name).image_encoder),
+            lseg_of(source, spec.name).image_encoder,
             spec,
             device,
             Path(cache_dir) / "aoti",
@@ -109,7 +107,7 @@ class AotiRunner(Runner):
 
     def _compile(self, shape: Shape, path: Path) -> None:
         """Export a private copy of the encoder at `shape` and compile it into `path`."""
-        model = placed_encoder(self.encoder, self.device, self.spec.precision)
+        model = placed_encoder(self.encoder, self.device, self.spec.precision, fused=True)
         example = torch.randn(shape, device=self.device)
         with torch.no_grad():
             program = torch.export.export(model, (example,), strict=False)

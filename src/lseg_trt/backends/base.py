@@ -21,7 +21,7 @@ from lseg_trt.errors import LsegTrtError
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
-    from lseg_trt.models import LSeg
+    from lseg_trt.models import LSeg, LSegImageEncoder
     from lseg_trt.tensorrt.options import Profile
 
 Shape = tuple[int, int, int, int]
@@ -114,11 +114,17 @@ class Runner(ABC):
     def _infer(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
-def placed_encoder(encoder: torch.nn.Module, device: torch.device, precision: str) -> torch.nn.Module:
-    """A private copy of `encoder` on `device` in `precision`; fp16 and bf16 run channels-last (cuDNN's
-    fast layout for half-precision convolutions). The encoder's own casts keep input, output and the
-    L2 normalisation in float32."""
-    model = copy.deepcopy(encoder).to(device, DTYPES[precision]).eval()
+def placed_encoder(
+    encoder: LSegImageEncoder, device: torch.device, precision: str, fused: bool = False
+) -> torch.nn.Module:
+    """A private copy of `encoder` (its inference rewrite when `fused`, `lseg_trt.models.fused`, itself a
+    copy) on `device` in `precision`; fp16 and bf16 run channels-last (cuDNN's fast layout for
+    half-precision convolutions). The encoder's own casts keep input, output and the L2 normalisation in
+    float32."""
+    from lseg_trt.models.fused import fuse_for_inference
+
+    private = fuse_for_inference(encoder) if fused else copy.deepcopy(encoder)
+    model = private.to(device, DTYPES[precision]).eval()
     return model.to(memory_format=torch.channels_last) if precision != "fp32" else model
 
 

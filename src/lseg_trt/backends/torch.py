@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
-from lseg_trt.models.fused import fuse_for_inference
 
 if TYPE_CHECKING:
     from lseg_trt.artifacts import ModelSource
+    from lseg_trt.models import LSegImageEncoder
     from lseg_trt.tensorrt.options import Profile
 
 
@@ -23,7 +23,7 @@ class TorchRunner(Runner):
     compiled = False
     fused = False  # run `fuse_for_inference(encoder)`: the same function with less work
 
-    def __init__(self, encoder: torch.nn.Module, spec: BackendSpec, device: Device) -> None:
+    def __init__(self, encoder: LSegImageEncoder, spec: BackendSpec, device: Device) -> None:
         super().__init__(spec, device)
         self.source = encoder
         self.model: torch.nn.Module | None = None
@@ -33,11 +33,10 @@ class TorchRunner(Runner):
     def from_source(
         cls, spec: BackendSpec, source: ModelSource, device: Device, cache_dir: Path, profile: Profile | None
     ) -> TorchRunner:
-        encoder = lseg_of(source, spec.name).image_encoder
-        return cls(fuse_for_inference(encoder) if cls.fused else encoder, spec, device)
+        return cls(lseg_of(source, spec.name).image_encoder, spec, device)
 
     def _activate(self) -> None:
-        model = placed_encoder(self.source, self.device, self.spec.precision)
+        model = placed_encoder(self.source, self.device, self.spec.precision, fused=self.fused)
         self.model = model
         fn: Callable[[torch.Tensor], torch.Tensor] = self._wrap(model)
         if self.spec.cuda_graph:
@@ -66,12 +65,14 @@ class TorchCompileRunner(TorchRunner):
 
     compiled = True
 
+    options: dict[str, Any] | None = None  # Inductor options (benchmarks/gpu_speed.py tries some)
+
     def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         # Dynamo counts recompilations per code object across module instances and silently falls back
         # to eager past its limit, so start each runner afresh.
         torch._dynamo.reset()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        return torch.compile(model, dynamic=False)
+        return torch.compile(model, dynamic=False, options=self.options)
 
 
 class FusedTorchRunner(TorchRunner):
