@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from lseg_trt.backends import BackendSpec, Runner, make_runner
-from lseg_trt.backends.base import is_oom
-from lseg_trt.errors import LsegTrtError, MissingDependencyError
+from lseg_trt.backends.base import device_kind, is_oom, is_unavailable
+from lseg_trt.errors import LsegTrtError
 from lseg_trt.models import LSeg
 from lseg_trt.models.config import VARIANTS
 from lseg_trt.models.encoder import LSegImageEncoder
@@ -115,7 +115,7 @@ def statistics_of(times_ms: list[float]) -> dict[str, float]:
 
 def defaults_for(device: str) -> dict[str, Any]:
     """The sizes, backends, iterations and warm-up a plain `bench` uses on this kind of device."""
-    return DEFAULTS["cuda" if str(device).startswith("cuda") else "cpu"]
+    return DEFAULTS[device_kind(device)]
 
 
 def time_runner(runner: Runner, shape: tuple[int, int, int, int], settings: BenchSettings) -> list[float]:
@@ -208,7 +208,7 @@ def _bench(
             runner: Runner | None = None
             try:
                 runner = make_runner(spec, lseg, settings.device, settings.cache_dir, profile).activate()
-            except (LsegTrtError, MissingDependencyError) as e:
+            except LsegTrtError as e:  # MissingDependencyError included
                 log.warning("%s unavailable: %s", spec.name, e)
                 rows += [BenchRow(**base, height=h, width=w, status=f"unavailable: {e}") for h, w in settings.sizes]
                 if on_step:
@@ -237,7 +237,7 @@ def _measure(
             torch.cuda.empty_cache()
         times = time_runner(runner, shape, settings)
     except (RuntimeError, MemoryError, LsegTrtError) as e:
-        if not (is_oom(e) or isinstance(e, LsegTrtError)):
+        if not is_unavailable(e):
             raise
         if cuda:
             torch.cuda.empty_cache()

@@ -16,9 +16,8 @@ import numpy as np
 import torch
 
 from lseg_trt.backends import make_runner, parse_backend
-from lseg_trt.backends.base import is_oom
+from lseg_trt.backends.base import device_kind, is_unavailable
 from lseg_trt.compare import Comparison, judge
-from lseg_trt.errors import LsegTrtError, MissingDependencyError
 from lseg_trt.images import preprocess
 from lseg_trt.metrics import compare_features
 from lseg_trt.models import LSeg
@@ -39,7 +38,7 @@ DEFAULTS = {  # per device kind: what a plain `lseg-trt fidelity` checks
 
 def defaults_for(device: str) -> dict[str, Any]:
     """The sizes and backends a plain `fidelity` checks on this kind of device."""
-    return DEFAULTS["cuda" if str(device).startswith("cuda") else "cpu"]
+    return DEFAULTS[device_kind(device)]
 
 
 @contextlib.contextmanager
@@ -63,12 +62,6 @@ def strict_fp32() -> Iterator[None]:
     finally:
         for flag, value in zip(flags, saved, strict=True):
             setattr(flag, name, value)
-
-
-def is_unavailable(error: BaseException) -> bool:
-    """A backend that cannot run here (missing package, no GPU, no provider) or ran out of memory:
-    reported as not run. Anything else is a bug and propagates."""
-    return isinstance(error, MissingDependencyError | LsegTrtError) or is_oom(error)
 
 
 def run_fidelity(

@@ -144,6 +144,11 @@ def onnx_of(source: ModelSource, precision: str, cache_dir: Path, backend: str) 
     return onnx_for(lseg_of(source, backend), precision, cache_dir / "onnx")
 
 
+def device_kind(device: Device) -> str:
+    """ "cuda" or "cpu": which column of a per-device defaults table (bench, fidelity) applies."""
+    return "cuda" if str(device).startswith("cuda") else "cpu"
+
+
 def default_device() -> str:
     """What `auto` means: the first CUDA GPU if there is one, else the CPU."""
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -157,6 +162,12 @@ def is_oom(error: BaseException) -> bool:
     return isinstance(error, torch.cuda.OutOfMemoryError | MemoryError) or (
         isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OOM_MESSAGES)
     )
+
+
+def is_unavailable(error: BaseException) -> bool:
+    """A backend that cannot run here (missing package, no GPU, no provider) or ran out of memory:
+    reported as not run. Anything else is a bug and propagates."""
+    return isinstance(error, LsegTrtError) or is_oom(error)
 
 
 class GraphCache:

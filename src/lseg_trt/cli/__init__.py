@@ -18,7 +18,6 @@ from lseg_trt.cli.args import Parser
 from lseg_trt.errors import LsegTrtError
 
 EXIT_USER_ERROR = 2
-log = logging.getLogger("lseg_trt")
 
 
 @dataclass(frozen=True)

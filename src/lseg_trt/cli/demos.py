@@ -12,6 +12,7 @@ from lseg_trt.cli.args import (
     device_from_args,
     lseg_from_args,
     out_file_from,
+    positive_int,
 )
 
 
@@ -99,8 +100,6 @@ def _segment_args(p: Parser) -> None:
 
 
 def _wordfree_args(p: Parser) -> None:
-    from lseg_trt.cli.args import positive_int
-
     _demo_args(p)
     p.add_argument("--legend", type=positive_int, default=20, help="words in the legend [%(default)s]")
     p.add_argument("--out", default="outputs/wordfree.png")

@@ -181,8 +181,7 @@ class FeatureExtractor:
 
     def frame(self, image: np.ndarray) -> torch.Tensor:
         """(1, C, H/2, W/2) features of one uint8 HxWx3 camera frame: the low-latency path."""
-        self.activate()
-        return self.forward(torch.from_numpy(image).to(self.device)[None]).clone()
+        return self(torch.from_numpy(image)[None])
 
     def stream(self, source: Source, timings: Timings | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, (C, H/2, W/2) features on the device) for every readable image of `source` (a folder, a

@@ -16,8 +16,9 @@ import numpy as np
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.manifest import read_manifest, read_settings
 from lseg_trt.extraction.reduce import PCABasis
+from lseg_trt.extraction.writers import SAFETENSORS_DTYPES
 
-_NUMPY_DTYPES = {"F16": np.float16, "F32": np.float32}
+_NUMPY_DTYPES = {name: dtype.type for dtype, name in SAFETENSORS_DTYPES.items()}  # what the writers store
 
 
 class FeatureSet(Mapping[str, np.ndarray]):

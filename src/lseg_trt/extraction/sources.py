@@ -93,7 +93,8 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], int]:
         raise LsegTrtError("empty input path: name a folder, glob, list file, video or image")
     path = Path(text)
     if any(c in text for c in "*?["):
-        root = Path(*[p for p in Path(text).parts[: _first_magic(text)]]) if _first_magic(text) else Path(".")
+        fixed = _first_magic(text)  # the path parts before the first wildcard
+        root = Path(*Path(text).parts[:fixed]) if fixed else Path(".")
         matches = [Path(p) for p in glob.glob(text, recursive=True)]
         special = [p for p in matches if not p.is_file() and not p.is_dir()]
         _warn_skipped(len(special), text)
