@@ -18,6 +18,7 @@ import json
 import logging
 import shutil
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
@@ -50,7 +51,7 @@ class RunLayout:
         for value, what in ((self.backend, "backend"), (self.variant, "variant"), (self.weights, "weights name")):
             safe_component(value, what)
 
-    @property
+    @cached_property  # resolved once: writers ask for it per item
     def tree(self) -> Path:
         return inside(self.out, self.backend, self.variant, self.weights)
 

@@ -89,6 +89,7 @@ class SafetensorsShardWriter(ShardWriter):
         every = self._header({item.name: i * self.item_bytes for i, item in enumerate(items)})
         self.reserved = len(every) + (-len(every) % 8)  # the most the real header can need, 8-aligned
         self.path = layout.shard_file(index)
+        self.file = self.path.relative_to(layout.run_dir).as_posix()  # what each item's record names
         self.path.parent.mkdir(parents=True, exist_ok=True)
         clear_leftovers(self.path)
         self.tmp = temp_path(self.path)
@@ -110,7 +111,7 @@ class SafetensorsShardWriter(ShardWriter):
         self.fh.write(memoryview(data).cast("B"))  # no bytes copy of a 5-80 MB item
         self.offsets[item.name] = self.offset
         self.offset += data.nbytes
-        return {"file": self.path.relative_to(self.layout.run_dir).as_posix(), "key": item.name}
+        return {"file": self.file, "key": item.name}
 
     def commit(self) -> None:
         text = self._header(self.offsets)
