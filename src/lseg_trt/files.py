@@ -9,6 +9,7 @@ can tell leftovers of a killed process (SIGKILL skips every `finally`) from work
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import logging
 import os
@@ -44,6 +45,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def temp_path(path: Path) -> Path:
     """`.<name>.<pid>.tmp` beside `path`: what `remove_stale_temps` recognises as this process's."""
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def temps_of(path: Path) -> Iterator[Path]:
+    """The temporaries `temp_path` names for `path`, of any process."""
+    return path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
 
 
 def durable_write(path: Path, *chunks: bytes | memoryview) -> None:

@@ -58,8 +58,12 @@ def component_from_stem(stem: str) -> str:
         return stem
     readable = _UNSAFE_CHAR.sub("_", stem)[:_READABLE]
     readable = re.sub(r"^[.-]", "_", readable)
-    digest = hashlib.sha1(stem.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{readable}__{digest}"
+    return f"{readable}__{short_digest(stem)}"
+
+
+def short_digest(text: str) -> str:
+    """8 hex digits of sha1: what a sanitised name carries so that two originals never share it."""
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
 
 
 def inside(root: Path, *parts: str) -> Path:

@@ -34,6 +34,13 @@ FORMATS = ("npy", "shards")
 INFORMATIONAL = ("lseg_trt_version", "batch_size", "workers")
 
 
+def settings_changes(old: dict, new: dict, arrow: str) -> str:
+    """The first four run.json fields (INFORMATIONAL ones aside) that differ, as `key: old<arrow>new`;
+    empty when the two are the same run."""
+    changed = sorted(k for k in set(old) | set(new) if k not in INFORMATIONAL and old.get(k) != new.get(k))
+    return "; ".join(f"{k}: {old.get(k)!r}{arrow}{new.get(k)!r}" for k in changed[:4])
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Paths of one run: an output root, a model (backend, variant, weights), a network size, a format."""
@@ -101,11 +108,8 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
             shutil.rmtree(folder, ignore_errors=True)
         layout.pca_path.unlink(missing_ok=True)
     elif existing is not None and resume:
-        changed = sorted(
-            k for k in set(existing) | set(settings) if k not in INFORMATIONAL and existing.get(k) != settings.get(k)
-        )
-        if changed:
-            shown = "; ".join(f"{k}: {existing.get(k)!r} -> {settings.get(k)!r}" for k in changed[:4])
+        shown = settings_changes(existing, settings, " -> ")
+        if shown:
             raise LsegTrtError(f"cannot resume {layout.run_dir}: settings differ ({shown}); use --force to redo it")
     elif has_results:
         raise LsegTrtError(f"{layout.run_dir} already holds results: pass --resume to continue or --force to redo")

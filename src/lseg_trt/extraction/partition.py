@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction.manifest import INFORMATIONAL, RunLayout, read_manifest, read_settings, write_shard_manifest
+from lseg_trt.extraction.manifest import RunLayout, read_manifest, read_settings, settings_changes, write_shard_manifest
 from lseg_trt.extraction.run import ShardSpec, plan_shards
 from lseg_trt.extraction.sources import Item
 from lseg_trt.names import inside
@@ -113,9 +113,8 @@ def same_run_settings(run_dirs: list[Path]) -> dict:
     first = read_settings(run_dirs[0])
     for run_dir in run_dirs[1:]:
         other = read_settings(run_dir)
-        changed = sorted(k for k in set(first) | set(other) if k not in INFORMATIONAL and first.get(k) != other.get(k))
-        if changed:
-            shown = "; ".join(f"{k}: {first.get(k)!r} vs {other.get(k)!r}" for k in changed[:4])
+        shown = settings_changes(first, other, " vs ")
+        if shown:
             raise LsegTrtError(f"{run_dirs[0]} and {run_dir} are different runs ({shown})")
     return first
 

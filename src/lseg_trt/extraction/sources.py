@@ -9,7 +9,6 @@ Names become file-name components only through `item_component`, never directly.
 from __future__ import annotations
 
 import glob
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,7 +19,7 @@ import numpy as np
 
 from lseg_trt.errors import LsegTrtError, MissingDependencyError
 from lseg_trt.images import IMAGE_SUFFIXES, load_rgb_array
-from lseg_trt.names import component_from_stem
+from lseg_trt.names import component_from_stem, short_digest
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ def item_component(name: str) -> str:
     for a run folder (`<HxW>-<format>.run`)."""
     component = component_from_stem(name)
     if component.lower().endswith(RESERVED_SUFFIX):
-        component += "__" + hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+        component += "__" + short_digest(name)
     return component
 
 

@@ -9,7 +9,6 @@ format allows. Equal inputs give equal bytes, so a shard redone after a kill is 
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
@@ -26,7 +25,7 @@ import numpy as np
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.manifest import RunLayout
 from lseg_trt.extraction.sources import Item
-from lseg_trt.files import durable_write, sync_folder, temp_path
+from lseg_trt.files import durable_write, sync_folder, temp_path, temps_of
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,7 @@ class ShardWriter(ABC):
 def clear_leftovers(path: Path) -> None:
     """Remove temporaries of `path` that a killed writer of the same shard left (any pid, any host: this
     process now writes that shard, so nobody else does)."""
-    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+    for stale in temps_of(path):
         stale.unlink(missing_ok=True)
 
 
