@@ -24,10 +24,10 @@ from typing import Any
 
 import torch
 
-from lseg_trt.files import atomic_path, export_dir_prefix, file_sha256, remove_stale_temps
+from lseg_trt.files import atomic_path, export_dir_prefix, file_sha256, remove_stale_temps, write_json
 from lseg_trt.models.fused import GRAPH
 from lseg_trt.names import safe_component
-from lseg_trt.sidecars import file_matches, read_json, stamp, write_json
+from lseg_trt.sidecars import file_matches, read_json, stamp
 
 log = logging.getLogger(__name__)
 

@@ -20,10 +20,10 @@ from typing import Any
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.export import PRECISIONS, OnnxInfo
-from lseg_trt.files import atomic_path, file_sha256, remove_stale_temps
+from lseg_trt.files import atomic_path, file_sha256, remove_stale_temps, write_json
 from lseg_trt.hwinfo import gpu_target
 from lseg_trt.onnx_cache import fp16_sibling, onnx_info
-from lseg_trt.sidecars import file_matches, read_json, stamp, write_json
+from lseg_trt.sidecars import file_matches, read_json, stamp
 from lseg_trt.tensorrt.builder import plan_from_onnx, select_flags
 from lseg_trt.tensorrt.compat import FLAVOURS, TensorRT, load
 from lseg_trt.tensorrt.options import BuildOptions, Profile, engine_name

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import hashlib
+import json
 import logging
 import os
 import re
@@ -50,6 +51,12 @@ def temp_path(path: Path) -> Path:
 def temps_of(path: Path) -> Iterator[Path]:
     """The temporaries `temp_path` names for `path`, of any process."""
     return path.parent.glob(f".{glob.escape(path.name)}.*.tmp")
+
+
+def write_json(path: Path, data: dict) -> None:
+    """`data` as indented JSON, written atomically (sidecars, benchmark records)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def durable_write(path: Path, *chunks: bytes | memoryview) -> None:

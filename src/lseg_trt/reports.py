@@ -4,12 +4,11 @@ JSON with everything; each written atomically, returned by name."""
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lseg_trt.files import atomic_path
+from lseg_trt.files import atomic_path, write_json
 
 
 @dataclass(frozen=True)
@@ -25,8 +24,7 @@ class ReportPaths:
 def write_result(out_dir: Path, stem: str, record: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     """`<stem>.json` and `<stem>.md` of one benchmark script's run (atomically); returns both paths."""
     paths = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    with atomic_path(paths[0]) as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(paths[0], record)
     with atomic_path(paths[1]) as tmp:
         tmp.write_text(markdown)
     return paths
@@ -45,6 +43,5 @@ def write_report(
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
-    with atomic_path(paths.json) as tmp:
-        tmp.write_text(json.dumps({**record, rows_key: rows}, indent=2) + "\n")
+    write_json(paths.json, {**record, rows_key: rows})
     return paths

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from lseg_trt._version import __version__
-from lseg_trt.files import atomic_path, file_sha256
+from lseg_trt.files import file_sha256
 
 
 def read_json(path: Path) -> Any:
@@ -22,11 +22,6 @@ def read_json(path: Path) -> Any:
         raise ValueError("missing") from None
     except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         raise ValueError(f"unreadable ({e})") from None
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def file_matches(path: Path, size: object, sha256: object, *, hash_it: bool = True) -> bool:
