@@ -19,7 +19,6 @@ import platform
 import shutil
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -32,17 +31,7 @@ from lseg_trt.reports import write_result
 from lseg_trt.sizes import parse_size
 
 sys.path.insert(0, str(Path(__file__).parent))
-from pipeline_bench import synth_frames  # noqa: E402
-
-
-def make_frames(folder: Path, count: int, parts: int) -> None:
-    """`count` frames in `parts` sub-folders, synthesised in parallel (one seed per part)."""
-    if len(list(folder.rglob("*.jpg"))) == count:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    sizes = [count // parts + (i < count % parts) for i in range(parts)]
-    with ProcessPoolExecutor(parts) as pool:
-        list(pool.map(synth_frames, [folder / f"part{i:02d}" for i in range(parts)], sizes, range(parts)))
+from pipeline_bench import make_frames  # noqa: E402
 
 
 def measure(spec: ExtractorSpec, devices: list[str], frames: Path, out: Path, ns: argparse.Namespace) -> dict:

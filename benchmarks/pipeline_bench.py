@@ -21,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,16 @@ def synth_frames(folder: Path, count: int, seed: int = 0) -> None:
             image[top : top + 100, left : left + 100] = rng.integers(0, 255, 3)
         image += rng.normal(0, 8, image.shape)
         Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def make_frames(folder: Path, count: int, parts: int) -> None:
+    """`count` frames in `parts` sub-folders, synthesised in parallel (one seed per part)."""
+    if len(list(folder.rglob("*.jpg"))) == count:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    sizes = [count // parts + (i < count % parts) for i in range(parts)]
+    with ProcessPoolExecutor(parts) as pool:
+        list(pool.map(synth_frames, [folder / f"part{i:02d}" for i in range(parts)], sizes, range(parts)))
 
 
 def device_only(extractor: FeatureExtractor, seconds: float) -> tuple[float, float]:
@@ -136,9 +147,7 @@ def main() -> None:
     size = parse_size(ns.size)
     work = Path(ns.work or tempfile.mkdtemp(prefix="lseg-pipeline-"))
     frames = work / "frames"
-    if not frames.is_dir() or len(list(frames.glob("*.jpg"))) != ns.frames:
-        shutil.rmtree(frames, ignore_errors=True)
-        synth_frames(frames, ns.frames)
+    make_frames(frames, ns.frames, parts=1)
     extractor = FeatureExtractor.open(
         weights=ns.weights, variant=ns.variant, backend=ns.backend, size=size, batch_size=ns.batch,
         device=ns.device, cache_dir=ns.cache, workers=ns.workers,
@@ -155,7 +164,7 @@ def main() -> None:
         throughput, device_latency = device_only(extractor, ns.device_seconds)
         result["device_only_images_per_s"] = throughput
         result["device_latency_batch1_ms"] = device_latency
-        frame = np.asarray(Image.open(next(frames.glob("*.jpg"))).convert("RGB")).copy()
+        frame = np.asarray(Image.open(next(frames.rglob("*.jpg"))).convert("RGB")).copy()
         result["frame_720p_latency_ms"] = latency(lambda: extractor.frame(frame), device)
         stream_rate(extractor, frames)  # warm-up: pinned-memory cache, allocator, page cache
         result["stream_to_device_images_per_s"] = stream_rate(extractor, frames)
