@@ -45,3 +45,12 @@ def test_gpu_speed_runs_its_sections_on_the_cpu(tmp_path: Path) -> None:
     rows = [r for r in record["rows"] if r["section"] in ("baseline", "candidates") and "backend" in r]
     assert {"torch", "torch-compile-fp16", "torch-compile-fused"} <= {r["backend"] for r in rows}
     assert all(r["status"] == "ok" for r in rows), rows
+
+
+@pytest.mark.slow
+def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
+    tiny = ("--variant", "tiny_vit", "--size", "64x96", "--batch", "4")
+    run_script("pipeline_bench.py", "--device", "cpu", *tiny, "--frames", "8", "--out", str(tmp_path / "p"))
+    run_script("multi_gpu_bench.py", *tiny, "--frames", "16", "--out", str(tmp_path / "m"))
+    assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["device_only_images_per_s"] > 0
+    assert json.loads((tmp_path / "m" / "multi_gpu.json").read_text())["many"]
