@@ -144,6 +144,27 @@ def onnx_of(source: ModelSource, precision: str, cache_dir: Path, backend: str) 
     return onnx_for(lseg_of(source, backend), precision, cache_dir / "onnx")
 
 
+def checked_device(name: str, option: str, choices: str) -> str:
+    """`cpu`, `cuda` or `cuda:N` when this machine has it, else a one-line user error naming the option
+    (`--device`, `--devices`) and what it accepts (`choices`)."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise LsegTrtError(f"{option}: unknown device {name!r}; use {choices}") from None
+    if device.type == "cpu":
+        if device.index not in (None, 0):
+            raise LsegTrtError(f"{option} {name}: there is one CPU device; use cpu")
+        return "cpu"
+    if device.type != "cuda":
+        raise LsegTrtError(f"{option}: device {name!r} is not supported; use {choices}")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise LsegTrtError(f"{option} {name}: this machine has no CUDA GPU (use {option} cpu)")
+    if device.index is not None and device.index >= count:
+        raise LsegTrtError(f"{option} {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
+    return str(device)
+
+
 def device_kind(device: Device) -> str:
     """ "cuda" or "cpu": which column of a per-device defaults table (bench, fidelity) applies."""
     return "cuda" if str(device).startswith("cuda") else "cpu"

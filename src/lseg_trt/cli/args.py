@@ -148,29 +148,10 @@ def _cache_dir(text: str) -> Path:
 
 def device_from_args(ns: argparse.Namespace) -> str:
     """`auto` -> cuda if present, else cpu; anything else must name a device this machine has."""
-    import torch
-
-    from lseg_trt.backends.base import default_device
+    from lseg_trt.backends.base import checked_device, default_device
 
     name = ns.device.strip()
-    if name == "auto":
-        return default_device()
-    try:
-        device = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise LsegTrtError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cpu":
-        if device.index not in (None, 0):
-            raise LsegTrtError(f"--device {name}: there is one CPU device; use cpu")
-        return "cpu"
-    if device.type != "cuda":
-        raise LsegTrtError(f"device {name!r} is not supported; use auto, cpu, cuda or cuda:N")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if count == 0:
-        raise LsegTrtError(f"--device {name}: this machine has no CUDA GPU (use --device cpu)")
-    if device.index is not None and device.index >= count:
-        raise LsegTrtError(f"--device {name}: this machine has {count} CUDA GPU(s), cuda:0..cuda:{count - 1}")
-    return str(device)
+    return default_device() if name == "auto" else checked_device(name, "--device", "auto, cpu, cuda or cuda:N")
 
 
 def sizes_from(texts: list[str] | tuple[str, ...]) -> list[tuple[int, int]]:

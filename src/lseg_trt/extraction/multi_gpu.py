@@ -78,21 +78,10 @@ def parse_devices(text: str) -> list[str]:
         if count == 0:
             raise LsegTrtError("--devices all: this machine has no CUDA GPU (use --devices cpu)")
         return [f"cuda:{i}" for i in range(count)]
-    devices = []
-    for name in (part.strip() for part in text.split(",")):
-        try:
-            device = torch.device(name)
-        except (RuntimeError, ValueError):
-            raise LsegTrtError(f"--devices: unknown device {name!r}; use all, cpu or cuda:N") from None
-        if device.type == "cpu":
-            devices.append("cpu")
-            continue
-        if device.type != "cuda":
-            raise LsegTrtError(f"--devices: {name!r} is not supported; use all, cpu or cuda:N")
-        index = device.index or 0
-        if index >= count:
-            raise LsegTrtError(f"--devices {name}: this machine has {count} CUDA GPU(s)")
-        devices.append(f"cuda:{index}")
+    from lseg_trt.backends.base import checked_device
+
+    checked = [checked_device(part.strip(), "--devices", "all, cpu or cuda:N") for part in text.split(",")]
+    devices = ["cuda:0" if d == "cuda" else d for d in checked]  # one name per GPU, for the twice check
     gpus = [d for d in devices if d != "cpu"]
     if len(set(gpus)) != len(gpus):
         raise LsegTrtError(f"--devices {text}: a GPU is named twice")
