@@ -62,16 +62,17 @@ def fp16_sibling(onnx_path: Path, info: OnnxInfo, export_dir: Path) -> tuple[Pat
     fp32 file or in `export_dir`, else exported into `export_dir` (never beside an input that may not be
     ours to write); a user error when the fp32 model names no weights we can load."""
     variant, weights, sha256 = (info.metadata.get(k) for k in ("variant", "weights", "checkpoint_sha256"))
+    ours = onnx_path.stem.endswith("_fp32")  # our naming: the sibling's name follows from it
     name = onnx_path.stem[: -len("_fp32")] + "_fp16.onnx"
-    for sibling in dict.fromkeys((onnx_path.with_name(name), export_dir / name)):
-        if onnx_path.stem.endswith("_fp32") and sibling.is_file():
+    for sibling in dict.fromkeys((onnx_path.with_name(name), export_dir / name)) if ours else ():
+        if sibling.is_file():
             sibling_info = onnx_info(sibling)
             same_graph = sibling_info.metadata.get("graph") == info.metadata.get("graph")
             if _same_weights(sibling_info.metadata, variant, sha256) and same_graph:
                 return sibling, sibling_info
             log.info("not using %s: not verified, or not the weights and graph of %s", sibling, onnx_path.name)
     loadable = weights == "random" or (weights is not None and Path(weights).is_file())
-    if not onnx_path.stem.endswith("_fp32") or variant not in VARIANTS or not loadable:
+    if not ours or variant not in VARIANTS or not loadable:
         raise LsegTrtError(
             f"an fp16 engine needs an fp16 ONNX on a strongly typed TensorRT, and {onnx_path.name} names no weights "
             f"to export one from. Run `lseg-trt export --precision fp16 --weights <checkpoint>` and build from "
