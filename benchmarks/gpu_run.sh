@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$out/hwi
 case "$part" in
   pipeline)
     python3 benchmarks/pipeline_bench.py --device cuda --variant vit_l16 --backend torch-compile-fused+graph \
-      --size 480x640 --batch 8 --frames 512 --pool 4 --workers 14 --cache /tmp/lseg-cache --work /tmp/pipe \
+      --size 480x640 --batch 8 --frames 2048 --pool 4 --workers 14 --cache /tmp/lseg-cache --work /tmp/pipe \
       --out "$out/pipeline" 2>&1 | tee "$out/pipeline.log" | grep -v "it/s\]$" ;;
   multi)
     python3 benchmarks/multi_gpu_bench.py --out "$out/multi" "${@:3}" 2>&1 | tee "$out/multi.log" ;;

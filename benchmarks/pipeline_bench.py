@@ -147,7 +147,7 @@ def main() -> None:
     size = parse_size(ns.size)
     work = Path(ns.work or tempfile.mkdtemp(prefix="lseg-pipeline-"))
     frames = work / "frames"
-    make_frames(frames, ns.frames, parts=1)
+    make_frames(frames, ns.frames, parts=max(1, min(16, os.cpu_count() or 1, ns.frames)))
     extractor = FeatureExtractor.open(
         weights=ns.weights, variant=ns.variant, backend=ns.backend, size=size, batch_size=ns.batch,
         device=ns.device, cache_dir=ns.cache, workers=ns.workers,

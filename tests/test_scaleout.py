@@ -177,6 +177,8 @@ def test_workers_take_shards_from_a_shared_queue(
         taken = sorted(i for written in summary.shards_by_worker.values() for i in written)
         assert taken == list(range(9)) and summary.done == 9, summary.shards_by_worker
         assert set(summary.timings) == set(summary.shards_by_worker) == {"worker0 cpu", "worker1 cpu"}
+        assert set(summary.startup_by_worker) == set(summary.timings)
+        assert all(0 < s < summary.seconds for s in summary.startup_by_worker.values()), summary.startup_by_worker
         assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
 
         for index in (3, 7):
@@ -317,7 +319,7 @@ def test_a_worker_ends_a_user_error_with_one_line_and_exit_code_2(
     results = mp.get_context("spawn").Queue()
     spec = ExtractorSpec(weights=str(tmp_path / "missing.ckpt"))
     with pytest.raises(SystemExit) as exit_info:
-        _worker(spec, "worker0 cpu", results, None, results)  # type: ignore[arg-type]
+        _worker(spec, "worker0 cpu", results, None, results, 0.0)  # type: ignore[arg-type]
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lseg-trt extract: error: worker0 cpu: ") and "\n" not in err and "Traceback" not in err

@@ -121,18 +121,20 @@ def _claimed(tasks: Queue) -> Iterator[ShardSpec]:
         yield shard
 
 
-def _worker(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue) -> None:
+def _worker(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue, spawned: float) -> None:
     """A user-causable failure ends the worker with one line and exit code 2, as the CLI does; the parent
-    then names the device and `--resume` picks up its shards."""
+    then names the device and `--resume` picks up its shards. `spawned`: the parent's clock (time.time)
+    when it started this process."""
     try:
-        _work(spec, name, tasks, output, results)
+        _work(spec, name, tasks, output, results, spawned)
     except LsegTrtError as e:
         print(f"lseg-trt extract: error: {name}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 
-def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue) -> None:
+def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue, spawned: float) -> None:
     with spec.build(name.split()[-1]) as extractor:
+        startup = time.time() - spawned  # interpreter, imports, model load and warm-up batch
         start = time.perf_counter()
         shards = _claimed(tasks)
         written: list[int] = []
@@ -144,7 +146,7 @@ def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, resul
             fail_once_here()
             shards = itertools.chain(taken, shards)
         written += _shard_indices(run_shards(extractor, shards, output, progress=False))
-        results.put((name, time.perf_counter() - start, written))
+        results.put((name, time.perf_counter() - start, written, startup))
 
 
 def _shard_indices(summary: Summary) -> list[int]:
@@ -156,8 +158,8 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     see the module doc.
 
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
-    seconds after its model is loaded and warm, and `shards_by_worker` the shards it wrote, both keyed
-    `worker<w> <device>`. With fewer shards than devices, the devices left over start no process.
+    seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then, and
+    `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than devices, the devices left over start no process.
     """
     import torch.multiprocessing as mp
 
@@ -169,15 +171,17 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     processes = {}
     for w, device in enumerate(used):
         name = f"worker{w} {device}"
-        processes[name] = context.Process(target=_worker, args=(spec, name, queues[w], output, results))
+        args = (spec, name, queues[w], output, results, time.time())
+        processes[name] = context.Process(target=_worker, args=args)
         processes[name].start()
     log.info("%d shards on %d worker(s): %s", len(shards), len(processes), ", ".join(processes))
     reports = _reports(processes, results)
     summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
-    for name, seconds, written in reports:
+    for name, seconds, written, startup in reports:
         summary.timings[name] = round(seconds, 4)
+        summary.startup_by_worker[name] = round(startup, 3)
         summary.shards_by_worker[name] = written
-        log.info("%s: %d shards in %.1f s", name, len(written), seconds)
+        log.info("%s: ready after %.1f s, %d shards in %.1f s", name, startup, len(written), seconds)
     dead = [(name.split()[-1], p.exitcode) for name, p in processes.items() if p.exitcode != 0]
     if dead:
         named = ", ".join(f"{device} (exit code {code})" for device, code in dead)
@@ -185,8 +189,8 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     return summary_from_manifests(summary, shards, output.layout.run_dir)
 
 
-def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int]]]:
-    """Each finished worker's (name, seconds, shards written), read while the workers run: a child cannot
+def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int], float]]:
+    """Each finished worker's (name, seconds, shards written, startup seconds), read while the workers run: a child cannot
     exit before its queued report has gone through the pipe (64 KiB on Linux; a long shard list is more),
     so joining first could wait for ever."""
     reports = []

@@ -118,9 +118,19 @@ def resize_weights(in_size: int, out_size: int, device: torch.device) -> torch.T
 
 
 def _normalised(x: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]) -> torch.Tensor:
-    scale = torch.tensor([1 / (255 * s) for s in std], device=x.device).view(1, 3, 1, 1)
-    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=x.device).view(1, 3, 1, 1)
+    scale, shift = _normalisation(tuple(mean), tuple(std), x.device)
     return (x * scale - shift).contiguous()  # (x / 255 - mean) / std in one fused pass
+
+
+@functools.lru_cache(maxsize=16)
+def _normalisation(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) as (1, 3, 1, 1) tensors on `device`, made once: a blocking host-to-device copy per
+    batch would make the host wait for all queued GPU work, so it could not queue the next batch ahead."""
+    scale = torch.tensor([1 / (255 * s) for s in std], device=device).view(1, 3, 1, 1)
+    shift = torch.tensor([m / s for m, s in zip(mean, std, strict=True)], device=device).view(1, 3, 1, 1)
+    return scale, shift
 
 
 def gpu_vs_pil(

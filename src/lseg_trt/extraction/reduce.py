@@ -126,6 +126,11 @@ class Reduction:
         channels, height, width = feature_shape
         return (self.pca.k if self.pca else channels, height // self.pool, width // self.pool)
 
+    def on(self, device: torch.device) -> Reduction:
+        """This reduction with its PCA basis on `device`: placed once per run, not copied (and waited for)
+        on every batch."""
+        return Reduction(self.dtype, self.pool, self.pca.to(device)) if self.pca is not None else self
+
     def pooled(self, features: torch.Tensor) -> torch.Tensor:
         """The grid features are projected from (what a PCA basis is fitted on)."""
         return features if self.pool == 1 else _unit(F.avg_pool2d(features, self.pool))

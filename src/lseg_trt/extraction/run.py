@@ -115,6 +115,7 @@ class Summary:
     timings: dict[str, float] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
     shards_by_worker: dict[str, list[int]] = field(default_factory=dict)  # worker processes: who wrote what
+    startup_by_worker: dict[str, float] = field(default_factory=dict)  # worker processes: spawn to model ready
 
     @property
     def ok(self) -> bool:
@@ -192,6 +193,7 @@ def run_shards(
     timings = Timings()
     lane = Lane(extractor.device, timings)
     writer = WriterPool(write_threads, write_depth)
+    reduction = output.reduction.on(extractor.device)
     states: dict[int, _ShardState] = {}
     created: list[_ShardState] = []
     total = sum(len(s.items) for s in shards) if isinstance(shards, Sequence) else None
@@ -244,7 +246,7 @@ def run_shards(
                 _, finish = lane.span()
                 features = extractor.forward(pixels, pad_to=extractor.batch_size)[: len(batch.items)]
                 finite = torch.isfinite(features).flatten(1).all(1)
-                stored = output.reduction.apply(features)
+                stored = reduction.apply(features)
                 spans.append(finish())
                 hosts, wait, more = lane.download([stored, finite])
                 blocked = writer.blocked
