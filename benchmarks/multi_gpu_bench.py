@@ -60,8 +60,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--devices", default="all" if gpu else "cpu,cpu", help="all, or e.g. cuda:0,cuda:1 [%(default)s]")
     p.add_argument("--variant", default="vit_l16")
-    p.add_argument("--weights", default=None, help="a checkpoint [random weights saved as a lang-seg checkpoint "
-                   "first, so that workers load a file as a user's run does, instead of each building its own]")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="a checkpoint [random weights saved as a lang-seg checkpoint "
+        "first, so that workers load a file as a user's run does, instead of each building its own]",
+    )
     p.add_argument("--backend", default="torch-fp16" if gpu else "torch", help="compiled ones add ~1 min per process")
     p.add_argument("--size", default="480x640")
     p.add_argument("--batch", type=int, default=8)

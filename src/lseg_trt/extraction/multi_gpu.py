@@ -159,7 +159,8 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
 
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
     seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then, and
-    `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than devices, the devices left over start no process.
+    `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than
+    devices, the devices left over start no process.
     """
     import torch.multiprocessing as mp
 
@@ -190,9 +191,9 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
 
 
 def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int], float]]:
-    """Each finished worker's (name, seconds, shards written, startup seconds), read while the workers run: a child cannot
-    exit before its queued report has gone through the pipe (64 KiB on Linux; a long shard list is more),
-    so joining first could wait for ever."""
+    """Each finished worker's (name, seconds, shards written, startup seconds), read while the workers run:
+    a child cannot exit before its queued report has gone through the pipe (64 KiB on Linux; a long shard
+    list is more), so joining first could wait for ever."""
     reports = []
     while any(p.is_alive() for p in processes.values()) or len(reports) < len(processes):
         try:
