@@ -199,8 +199,15 @@ class GraphCache:
         self.graphs: dict[Shape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def capture(self, shape: Shape, dtype: torch.dtype = torch.float32) -> None:
+        """Capture with `self.device` current: `torch.cuda.graph` captures on a stream of the current
+        device, and compiled code allocating on another GPU inside that capture fails
+        (cudaErrorStreamCaptureUnsupported: seen on cuda:1 of a two-GPU host)."""
         if shape in self.graphs:
             return
+        with torch.cuda.device(self.device):
+            self._capture(shape, dtype)
+
+    def _capture(self, shape: Shape, dtype: torch.dtype) -> None:
         static_in = torch.randn(shape, device=self.device, dtype=dtype)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))

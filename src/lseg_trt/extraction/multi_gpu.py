@@ -59,10 +59,12 @@ class ExtractorSpec:
     cpu_threads: int | None = None
 
     def build(self, device: str) -> FeatureExtractor:
-        if device == "cpu" and self.cpu_threads:
-            import torch
+        import torch
 
+        if device == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
+        elif device.startswith("cuda"):
+            torch.cuda.set_device(device)  # this process's GPU is its default: streams, graphs, compiled code
         return FeatureExtractor.open(
             weights=self.weights, onnx=self.onnx, engine=self.engine, variant=self.variant, backend=self.backend,
             size=self.size, batch_size=self.batch_size, device=device, cache_dir=self.cache_dir, workers=self.workers,
