@@ -11,7 +11,7 @@ python3 -m lseg_trt.cli hwinfo > "$out/hwinfo.md" 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv >> "$out/hwinfo.md" 2>&1
 case "$part" in
   pipeline)
-    python3 benchmarks/pipeline_bench.py --device cuda --variant vit_l16 --backend torch-compile-fused+graph \
+    python3 benchmarks/pipeline_bench.py --device cuda --variant vit_l16 --backend torch-compile-fp16+graph \
       --size 480x640 --batch 8 --frames 2048 --pool 4 --workers 14 --cache /tmp/lseg-cache --work /tmp/pipe \
       --out "$out/pipeline" 2>&1 | tee "$out/pipeline.log" | grep -v "it/s\]$" ;;
   multi)

@@ -135,8 +135,13 @@ def _worker(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, res
 
 
 def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue, spawned: float) -> None:
-    with spec.build(name.split()[-1]) as extractor:
-        startup = time.time() - spawned  # interpreter, imports, model load and warm-up batch
+    entered = time.time()  # after the interpreter started and unpickled the arguments (importing this package)
+    extractor = spec.build(name.split()[-1])
+    built = time.time()
+    with extractor:  # activation: the warm-up batch compiles or loads kernels and captures graphs
+        now = time.time()
+        startup = {"imports": entered - spawned, "model": built - entered, "warmup": now - built}
+        startup["total"] = now - spawned
         start = time.perf_counter()
         shards = _claimed(tasks)
         written: list[int] = []
@@ -160,7 +165,8 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     see the module doc.
 
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
-    seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then, and
+    seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then (imports,
+    model, warmup, total), and
     `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than
     devices, the devices left over start no process.
     """
@@ -182,9 +188,9 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
     for name, seconds, written, startup in reports:
         summary.timings[name] = round(seconds, 4)
-        summary.startup_by_worker[name] = round(startup, 3)
+        summary.startup_by_worker[name] = {stage: round(s, 3) for stage, s in startup.items()}
         summary.shards_by_worker[name] = written
-        log.info("%s: ready after %.1f s, %d shards in %.1f s", name, startup, len(written), seconds)
+        log.info("%s: ready after %.1f s, %d shards in %.1f s", name, startup["total"], len(written), seconds)
     dead = [(name.split()[-1], p.exitcode) for name, p in processes.items() if p.exitcode != 0]
     if dead:
         named = ", ".join(f"{device} (exit code {code})" for device, code in dead)
@@ -192,8 +198,8 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     return summary_from_manifests(summary, shards, output.layout.run_dir)
 
 
-def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int], float]]:
-    """Each finished worker's (name, seconds, shards written, startup seconds), read while the workers run:
+def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int], dict]]:
+    """Each finished worker's (name, seconds, shards written, startup seconds by stage), read while the workers run:
     a child cannot exit before its queued report has gone through the pipe (64 KiB on Linux; a long shard
     list is more), so joining first could wait for ever."""
     reports = []

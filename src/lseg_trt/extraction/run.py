@@ -115,7 +115,7 @@ class Summary:
     timings: dict[str, float] = field(default_factory=dict)
     records: list[dict] = field(default_factory=list)
     shards_by_worker: dict[str, list[int]] = field(default_factory=dict)  # worker processes: who wrote what
-    startup_by_worker: dict[str, float] = field(default_factory=dict)  # worker processes: spawn to model ready
+    startup_by_worker: dict[str, dict[str, float]] = field(default_factory=dict)  # worker processes: spawn to ready
 
     @property
     def ok(self) -> bool:
