@@ -53,4 +53,7 @@ def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
     run_script("pipeline_bench.py", "--device", "cpu", *tiny, "--frames", "8", "--out", str(tmp_path / "p"))
     run_script("multi_gpu_bench.py", *tiny, "--frames", "16", "--out", str(tmp_path / "m"))
     assert json.loads((tmp_path / "p" / "pipeline.json").read_text())["device_only_images_per_s"] > 0
-    assert json.loads((tmp_path / "m" / "multi_gpu.json").read_text())["many"]
+    multi = json.loads((tmp_path / "m" / "multi_gpu.json").read_text())
+    assert multi["many"]["images"] == multi["one"]["images"] == 16
+    assert multi["first_run"]["images"] == 2 * 4  # one batch per device warms each device's cache first
+    assert multi["many"]["worker_startup_s"] and multi["efficiency_data_path"] > 0
