@@ -19,7 +19,7 @@ from safetensors.numpy import load_file
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction import FeatureExtractor, list_items, plan_shards
-from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, ExtractorSpec, parse_devices, run_devices
+from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, ExtractorSpec, parse_devices, run_devices, worker_context
 from lseg_trt.extraction.partition import Task, check_runs, parse_task, plan_task, task_of
 from lseg_trt.extraction.run import RunOptions, pending_shards, prepare_run
 
@@ -262,8 +262,6 @@ def _drain(queue: Any) -> list[int | None]:
 def test_task_queues_share_images_and_split_videos(video: bool) -> None:
     """Images: one queue for all workers (the fastest takes most). Video frames: shard j on worker j % n,
     since a video decodes in one pass from its start and one worker would otherwise take all of it."""
-    import torch.multiprocessing as mp
-
     from lseg_trt.extraction.multi_gpu import _task_queues
     from lseg_trt.extraction.run import ShardSpec
     from lseg_trt.extraction.sources import Item
@@ -272,7 +270,7 @@ def test_task_queues_share_images_and_split_videos(video: bool) -> None:
         return Item(f"x{j}", Path("clip.mp4" if video else f"x{j}.png"), 1, 1, j if video else None)
 
     shards = [ShardSpec(j, (item(j),)) for j in range(5)]
-    queues = _task_queues(mp.get_context("spawn"), shards, 2)
+    queues = _task_queues(worker_context(), shards, 2)
     if video:
         assert queues[0] is not queues[1]
         assert [_drain(q) for q in queues] == [[0, 2, 4, None], [1, 3, None]]
@@ -284,12 +282,10 @@ def test_task_queues_share_images_and_split_videos(video: bool) -> None:
 
 def test_a_worker_stops_when_the_queue_stays_locked(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker killed inside its get keeps the queue's lock; the others must fail, not hang."""
-    import torch.multiprocessing as mp
-
     from lseg_trt.extraction import multi_gpu
 
     monkeypatch.setattr(multi_gpu, "CLAIM_TIMEOUT_S", 0.2)
-    tasks = mp.get_context("spawn").Queue()
+    tasks = worker_context().Queue()
     tasks._rlock.acquire()  # what a worker killed inside `get` leaves behind
     with pytest.raises(LsegTrtError, match="a worker died holding it"):
         next(multi_gpu._claimed(tasks))
@@ -297,11 +293,9 @@ def test_a_worker_stops_when_the_queue_stays_locked(monkeypatch: pytest.MonkeyPa
 
 def test_reports_larger_than_a_pipe_do_not_hang_the_parent() -> None:
     """A worker's report (its shard list) can exceed the pipe's 64 KiB; it exits only once that is read."""
-    import torch.multiprocessing as mp
-
     from lseg_trt.extraction.multi_gpu import _reports
 
-    context = mp.get_context("spawn")
+    context = worker_context()
     results = context.Queue()
     report = ("worker0 cpu", 1.0, list(range(100_000)))  # about 500 KB pickled
     process = context.Process(target=results.put, args=(report,))
@@ -314,14 +308,12 @@ def test_reports_larger_than_a_pipe_do_not_hang_the_parent() -> None:
 def test_a_worker_ends_a_user_error_with_one_line_and_exit_code_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import torch.multiprocessing as mp
-
     from lseg_trt.extraction.multi_gpu import _worker
 
-    results = mp.get_context("spawn").Queue()
+    results = worker_context().Queue()
     spec = ExtractorSpec(weights=str(tmp_path / "missing.ckpt"))
     with pytest.raises(SystemExit) as exit_info:
-        _worker(spec, "worker0 cpu", results, None, results, 0.0)  # type: ignore[arg-type]
+        _worker(spec, "worker0 cpu", results, None, results, 0.0, dict(os.environ))  # type: ignore[arg-type]
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lseg-trt extract: error: worker0 cpu: ") and "\n" not in err and "Traceback" not in err

@@ -46,6 +46,10 @@ def run_extract(ns: argparse.Namespace) -> int:
         from lseg_trt.extraction.ray_data import connect
 
         connect(None if ns.ray == "local" else ns.ray)
+    if devices is not None:  # its imports overlap this process's own model load and warm-up
+        from lseg_trt.extraction.multi_gpu import start_worker_server
+
+        start_worker_server()
     source = source_from_args(ns)
     items = list_items(ns.images) if scaled else None
     ok = True
