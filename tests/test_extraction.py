@@ -34,6 +34,20 @@ def _extractor(lseg: LSeg, batch_size: int = 2) -> FeatureExtractor:
     return FeatureExtractor(runner, SIZE, lseg.mean, lseg.std, batch_size=batch_size, workers=2, metadata=meta)
 
 
+@pytest.mark.parametrize("size", [(64, 96), (96, 32)])
+def test_the_declared_feature_shape_is_what_the_network_gives(tiny: LSeg, size: tuple[int, int]) -> None:
+    runner = TorchRunner(tiny.image_encoder, parse_backend("torch"), "cpu")
+    extractor = FeatureExtractor(runner, size, tiny.mean, tiny.std, metadata={"variant": tiny.variant})
+    declared = extractor.output_shape()
+    assert not runner.active  # known without running the model
+    with extractor:
+        assert extractor.feature_shape == declared == (tiny.config.out_c, size[0] // 2, size[1] // 2)
+    lying = FeatureExtractor(runner, size, tiny.mean, tiny.std, metadata={"variant": "vit_l16"})
+    with pytest.raises(LsegTrtError, match="a vit_l16 network gives"):
+        lying.activate()
+    assert not runner.active
+
+
 @pytest.fixture(scope="module")
 def extractor(tiny_vit: LSeg) -> FeatureExtractor:
     with _extractor(tiny_vit) as ex:

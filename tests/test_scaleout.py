@@ -158,6 +158,24 @@ def test_worker_processes_match_one_process_and_resume_after_a_death(
     assert missing.returncode == 2 and "cuda:3" in missing.stderr and not (tmp_path / "x" / "torch").exists()
 
 
+def test_a_devices_run_runs_no_model_in_the_coordinator(
+    cli: Callable[..., Any],
+    args: Callable[..., list[str]],
+    plain: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The coordinator opens the run from the declared feature shape; only the workers load models."""
+
+    def refuse(self: FeatureExtractor) -> FeatureExtractor:
+        raise AssertionError("the coordinator ran a model")
+
+    monkeypatch.setattr(FeatureExtractor, "activate", refuse)
+    result = cli(*args(tmp_path / "d", "--devices", "cpu,cpu"))
+    assert result.returncode == 0, result.stderr
+    assert _files(tmp_path / "d" / RUN) == _files(plain)  # run.json included
+
+
 def test_workers_take_shards_from_a_shared_queue(
     cli: Callable[..., Any], args: Callable[..., list[str]], tiny_vit_ckpt: Path, images: Path, tmp_path: Path
 ) -> None:

@@ -8,6 +8,7 @@ run still completes and says which), 2 for a user error before anything is writt
 from __future__ import annotations
 
 import argparse
+import contextlib
 from pathlib import Path
 
 from lseg_trt.cli import Command
@@ -53,11 +54,14 @@ def run_extract(ns: argparse.Namespace) -> int:
     source = source_from_args(ns)
     items = list_items(ns.images) if scaled else None
     ok = True
+    # a run handed to worker processes needs no model here (the run folder is opened from the declared
+    # feature shape), unless a PCA basis must be fitted first: the workers then start at once
+    delegated = (devices is not None or ns.ray is not None) and not ns.pca
     for size in sizes:
         extractor = FeatureExtractor.from_source(
             source, ns.backend, size, batch_size=ns.batch, device=device, cache_dir=ns.cache, workers=ns.workers
         )
-        with extractor:
+        with contextlib.nullcontext(extractor) if delegated else extractor:
             if scaled:
                 summary = _scaled_run(ns, extractor, items, out, task, devices)
             else:

@@ -23,6 +23,7 @@ from lseg_trt.extraction.pipeline import Lane, Timings, background, batches, dec
 from lseg_trt.extraction.preprocess import network_input
 from lseg_trt.extraction.sources import Source, list_items
 from lseg_trt.images import load_rgb_array
+from lseg_trt.models.config import VARIANTS
 from lseg_trt.sizes import check_size
 
 if TYPE_CHECKING:
@@ -141,7 +142,29 @@ class FeatureExtractor:
                     f"{self.device}; lower --batch or the size"
                 ) from None
             self.feature_shape = tuple(features.shape[1:])  # type: ignore[assignment]
+            declared = self._declared_shape()
+            if declared is not None and declared != self.feature_shape:
+                self.deactivate()
+                raise LsegTrtError(
+                    f"the model gives features of shape {self.feature_shape}, but a {self.metadata['variant']} "
+                    f"network gives {declared} at {self.size[0]}x{self.size[1]}"
+                )
         return self
+
+    def output_shape(self) -> tuple[int, int, int]:
+        """(C, H/2, W/2) of the features, without running the model when its variant is known: a process
+        that only opens a run for workers (`extract --devices`, `--ray`) then needs no model of its own,
+        and the workers start without waiting for one. Activation checks the two agree."""
+        if self.feature_shape is not None:
+            return self.feature_shape
+        declared = self._declared_shape()
+        return declared if declared is not None else self.activate().feature_shape  # type: ignore[return-value]
+
+    def _declared_shape(self) -> tuple[int, int, int] | None:
+        variant = self.metadata.get("variant")
+        if variant not in VARIANTS:
+            return None
+        return (VARIANTS[variant].out_c, self.size[0] // 2, self.size[1] // 2)
 
     def deactivate(self) -> None:
         self.runner.deactivate()

@@ -79,13 +79,13 @@ def open_run(
 ) -> RunOutput:
     """Create (or reopen, with `resume`) the run folder for this extractor and settings; `shared` when the
     tasks of one run join it (see `manifest.start_run`)."""
-    extractor.activate()
+    feature_shape = extractor.output_shape()
     layout = layout_for(extractor, out, format)
-    reduction.check(extractor.feature_shape)  # type: ignore[arg-type]
+    reduction.check(feature_shape)
     settings = {
         "format": format,
         "size": list(extractor.size),
-        "feature_shape": list(extractor.feature_shape),  # type: ignore[arg-type]
+        "feature_shape": list(feature_shape),
         "shard_size": shard_size,
         "mean": list(extractor.mean),
         "std": list(extractor.std),
@@ -97,7 +97,7 @@ def open_run(
     start_run(layout, settings, resume=resume, force=force, shared=shared)
     if reduction.pca is not None:
         reduction.pca.save(layout.pca_path)
-    shape = (1, *reduction.output_shape(extractor.feature_shape))  # type: ignore[arg-type]
+    shape = (1, *reduction.output_shape(feature_shape))
     return RunOutput(layout, reduction, settings, shape)  # type: ignore[arg-type]
 
 
