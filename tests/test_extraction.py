@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -225,6 +226,31 @@ def test_nan_weights_are_recorded_not_written(tiny_vit: LSeg, folder: Path, tmp_
     with _extractor(broken) as ex:  # a resume must not pass on the NaN results as finished
         again = extract(ex, folder / "cam0", tmp_path, progress=False, resume=True)
     assert again.skipped == 0 and len(again.nonfinite) == 4 and not again.ok
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("reduction", [{}, {"pool": 2}, {"pool": 2, "pca": 4}, {"dtype": "fp32"}])
+def test_one_non_finite_value_marks_its_image_whatever_the_reduction(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: float,
+    reduction: dict,
+) -> None:  # fmt: skip
+    """The check runs on the stored (reduced) features: one bad value of the full map must still reach it."""
+    forward, run_shards, running = FeatureExtractor.forward, run_module.run_shards, []
+
+    def first_image_broken(self: FeatureExtractor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        features = forward(self, *args, **kwargs).clone()
+        if running:  # the run's batches, not the frames the PCA basis is fitted on
+            features[0, 3, 5, 7] = value
+        return features
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        running.append(True)
+        return run_shards(*args, **kwargs)
+
+    monkeypatch.setattr(FeatureExtractor, "forward", first_image_broken)
+    monkeypatch.setattr(run_module, "run_shards", run)
+    summary = extract(extractor, folder / "cam0", tmp_path, shard_size=4, progress=False, **reduction)
+    assert sorted(summary.nonfinite) == ["000", "002"] and summary.done == 2  # batches of 2: first of each
 
 
 @pytest.mark.parametrize("fmt", ["shards", "npy"])

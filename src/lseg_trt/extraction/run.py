@@ -245,8 +245,11 @@ def run_shards(
                 pixels, spans = lane.upload(batch.pixels)
                 _, finish = lane.span()
                 features = extractor.forward(pixels, pad_to=extractor.batch_size)[: len(batch.items)]
-                finite = torch.isfinite(features).flatten(1).all(1)
                 stored = reduction.apply(features)
+                # checked on what is stored: a NaN or Inf anywhere in an image's features reaches it (pooling
+                # averages it in and renormalising turns Inf into NaN; a projection sums it in), and the
+                # stored copy is a fraction of the bytes of the full float32 map
+                finite = torch.isfinite(stored).flatten(1).all(1)
                 spans.append(finish())
                 hosts, wait, more = lane.download([stored, finite])
                 blocked = writer.blocked
