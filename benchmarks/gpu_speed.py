@@ -132,12 +132,10 @@ class Results:
         return row
 
     def write(self) -> None:
-        from lseg_trt.files import atomic_path
+        from lseg_trt.reports import write_result
 
-        with atomic_path(self.out / "gpu_speed.json") as tmp:
-            tmp.write_text(json.dumps({"meta": self.meta, "rows": self.rows}, indent=1, default=str) + "\n")
-        with atomic_path(self.out / "gpu_speed.md") as tmp:
-            tmp.write_text(self.markdown())
+        record = json.loads(json.dumps({"meta": self.meta, "rows": self.rows}, default=str))  # paths, dtypes: text
+        write_result(self.out, "gpu_speed", record, self.markdown())
 
     def markdown(self) -> str:
         lines = ["# gpu_speed results", ""]
