@@ -101,7 +101,11 @@ def backend_for(source: ModelSource, name: str | None = None) -> BackendSpec:
     if name is None:
         entry = REGISTRY[source.backend]
         return BackendSpec(source.backend, source.info.precision, entry.precisions[0])
-    spec = parse_backend(name)
+    return checked_for(source, parse_backend(name))
+
+
+def checked_for(source: ModelSource, spec: BackendSpec) -> BackendSpec:
+    """`spec` if it can run `source`, else a one-line user error naming what can."""
     if source.kind not in REGISTRY[spec.base].runs:
         runs = [b for b, e in REGISTRY.items() if source.kind in e.runs]
         raise LsegTrtError(f"{spec.name} cannot run {source.path}: a {source.kind} file runs with {', '.join(runs)}")
@@ -125,7 +129,7 @@ def make_runner(
     from lseg_trt.artifacts import ModelSource
 
     source = model if isinstance(model, ModelSource) else ModelSource.from_lseg(model)
-    spec = backend_for(source, spec.name)
+    spec = checked_for(source, spec)
     return REGISTRY[spec.base].runner_class().from_source(spec, source, device, Path(cache_dir), profile)
 
 
