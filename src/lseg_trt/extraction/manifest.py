@@ -30,6 +30,11 @@ from lseg_trt.sizes import format_size
 log = logging.getLogger(__name__)
 
 FORMATS = ("npy", "shards")
+# What a run folder holds; `RunLayout` and the readers of finished runs (partition, reader) use these.
+SETTINGS_FILE = "run.json"
+PCA_FILE = "pca.safetensors"
+MANIFEST_DIR = "manifest"
+SHARDS_DIR = "shards"
 # run.json fields that may differ between a run and its resume.
 INFORMATIONAL = ("lseg_trt_version", "batch_size", "workers")
 
@@ -68,21 +73,21 @@ class RunLayout:
 
     @property
     def settings_path(self) -> Path:
-        return self.run_dir / "run.json"
+        return self.run_dir / SETTINGS_FILE
 
     @property
     def pca_path(self) -> Path:
-        return self.run_dir / "pca.safetensors"
+        return self.run_dir / PCA_FILE
 
     @property
     def manifest_dir(self) -> Path:
-        return self.run_dir / "manifest"
+        return self.run_dir / MANIFEST_DIR
 
     def shard_manifest(self, index: int) -> Path:
         return self.manifest_dir / f"{index:05d}.jsonl"
 
     def shard_file(self, index: int) -> Path:
-        return self.run_dir / "shards" / f"{index:05d}.safetensors"
+        return self.run_dir / SHARDS_DIR / f"{index:05d}.safetensors"
 
     def npy_file(self, component: str) -> Path:
         """The seed's per-image file, where `lseg-trt compare` looks (`feature_tree.FeatureKey`)."""
@@ -104,7 +109,7 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
     existing = read_settings(layout) if layout.settings_path.exists() else None
     has_results = any(layout.manifest_dir.glob("*.jsonl"))
     if existing is not None and force:
-        for folder in (layout.manifest_dir, layout.run_dir / "shards"):
+        for folder in (layout.manifest_dir, layout.run_dir / SHARDS_DIR):
             shutil.rmtree(folder, ignore_errors=True)
         layout.pca_path.unlink(missing_ok=True)
     elif existing is not None and resume:
@@ -123,14 +128,14 @@ def remove_run_temps(layout: RunLayout) -> list[Path]:
     """Remove the temporaries a killed run left (`files.remove_stale_temps`: their process is gone), which
     no resume would ever finish and `manifest check` reports as half-written: in the run folder, its
     shards and manifests, and, for npy, the image folders that hold one. Those of live processes stay."""
-    folders = {layout.run_dir, layout.run_dir / "shards", layout.manifest_dir}
+    folders = {layout.run_dir, layout.run_dir / SHARDS_DIR, layout.manifest_dir}
     if layout.format == "npy":
         folders |= {path.parent for path in layout.tree.glob("*/.*.tmp")}
     return [path for folder in sorted(folders) for path in remove_stale_temps(folder)]
 
 
 def read_settings(layout_or_dir: RunLayout | Path) -> dict:
-    path = layout_or_dir.settings_path if isinstance(layout_or_dir, RunLayout) else Path(layout_or_dir) / "run.json"
+    path = layout_or_dir.settings_path if isinstance(layout_or_dir, RunLayout) else Path(layout_or_dir) / SETTINGS_FILE
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -145,7 +150,7 @@ def write_shard_manifest(layout: RunLayout, index: int, records: list[dict]) -> 
 def read_manifest(run_dir: Path) -> dict[int, list[dict]]:
     """Every finished shard's records, by shard index."""
     shards = {}
-    for path in sorted((Path(run_dir) / "manifest").glob("*.jsonl")):
+    for path in sorted((Path(run_dir) / MANIFEST_DIR).glob("*.jsonl")):
         if not path.stem.isdigit():
             continue
         try:

@@ -33,7 +33,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction.manifest import RunLayout, read_manifest, read_settings, settings_changes, write_shard_manifest
+from lseg_trt.extraction.manifest import (
+    PCA_FILE,
+    SETTINGS_FILE,
+    SHARDS_DIR,
+    RunLayout,
+    read_manifest,
+    read_settings,
+    settings_changes,
+    write_shard_manifest,
+)
 from lseg_trt.extraction.run import ShardSpec, plan_shards
 from lseg_trt.extraction.sources import Item
 from lseg_trt.names import inside
@@ -135,7 +144,7 @@ def check_runs(run_dirs: list[Path], items: list[Item] | None = None) -> Check:
             for record in records:
                 seen[record["name"]] = seen.get(record["name"], 0) + 1
                 check.statuses[record["status"]] = check.statuses.get(record["status"], 0) + 1
-        check.partial += sorted((run_dir / "shards").glob(".*.tmp"))
+        check.partial += sorted((run_dir / SHARDS_DIR).glob(".*.tmp"))
     check.shards = len(indices)
     check.items = len(seen)
     check.twice += sorted(name for name, n in seen.items() if n > 1)
@@ -170,10 +179,9 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
             if clash:
                 raise LsegTrtError(f"{layout.run_dir} already holds shard {min(clash)} (merging twice?)")
     layout.manifest_dir.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_dirs[0] / "run.json", layout.settings_path)
-    for name in ("pca.safetensors",):
-        if (run_dirs[0] / name).exists():
-            shutil.copyfile(run_dirs[0] / name, layout.run_dir / name)
+    shutil.copyfile(run_dirs[0] / SETTINGS_FILE, layout.settings_path)
+    if (run_dirs[0] / PCA_FILE).exists():
+        shutil.copyfile(run_dirs[0] / PCA_FILE, layout.pca_path)
     for run_dir in run_dirs:
         source_tree = run_dir.parent
         for index, records in read_manifest(run_dir).items():

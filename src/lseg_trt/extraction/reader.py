@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction.manifest import read_manifest, read_settings
+from lseg_trt.extraction.manifest import PCA_FILE, SETTINGS_FILE, read_manifest, read_settings
 from lseg_trt.extraction.reduce import PCABasis
 from lseg_trt.extraction.writers import SAFETENSORS_DTYPES
 
@@ -37,7 +37,7 @@ class FeatureSet(Mapping[str, np.ndarray]):
 
     @cached_property
     def pca(self) -> PCABasis | None:
-        path = self.run_dir / "pca.safetensors"
+        path = self.run_dir / PCA_FILE
         return PCABasis.load(path) if path.exists() else None
 
     def __getitem__(self, name: str) -> np.ndarray:
@@ -74,9 +74,9 @@ class FeatureSet(Mapping[str, np.ndarray]):
 def open_features(path: str | Path) -> FeatureSet:
     """The run at `path`: a run folder (`...<HxW>-<format>.run`) or any folder holding exactly one."""
     path = Path(path)
-    if (path / "run.json").is_file():
+    if (path / SETTINGS_FILE).is_file():
         return FeatureSet(path)
-    runs = sorted(p.parent for p in path.glob("**/*.run/run.json")) if path.is_dir() else []
+    runs = sorted(p.parent for p in path.glob(f"**/*.run/{SETTINGS_FILE}")) if path.is_dir() else []
     if len(runs) != 1:
         found = ", ".join(str(r) for r in runs[:5]) if runs else "none"
         raise LsegTrtError(f"{path} must be a run folder or hold exactly one (found: {found})")
