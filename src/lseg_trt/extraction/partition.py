@@ -133,11 +133,16 @@ def check_runs(run_dirs: list[Path], items: list[Item] | None = None) -> Check:
     twice, no shard index twice, and, given the input `items`, none missing and none extra."""
     run_dirs = [Path(d) for d in run_dirs]
     same_run_settings(run_dirs)
-    check = Check(run_dirs)
+    return _tally({run_dir: read_manifest(run_dir) for run_dir in run_dirs}, items)
+
+
+def _tally(manifests: dict[Path, dict[int, list[dict]]], items: list[Item] | None = None) -> Check:
+    """`check_runs` on manifests already read (run folder -> shard index -> records)."""
+    check = Check(list(manifests))
     seen: dict[str, int] = {}
     indices: set[int] = set()
-    for run_dir in run_dirs:
-        for index, records in read_manifest(run_dir).items():
+    for run_dir, shards in manifests.items():
+        for index, records in shards.items():
             if index in indices:
                 check.twice.append(f"shard {index}")
             indices.add(index)
@@ -163,10 +168,11 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
     interrupted merge is completed by running it again.
     """
     run_dirs = [Path(d) for d in run_dirs]
-    check = check_runs(run_dirs)
+    settings = same_run_settings(run_dirs)
+    manifests = {run_dir: read_manifest(run_dir) for run_dir in run_dirs}  # read once: checked, then copied
+    check = _tally(manifests)
     if not check.ok:
         raise LsegTrtError(f"cannot merge: {check.describe().splitlines()[-1]}")
-    settings = same_run_settings(run_dirs)
     size = tuple(settings["size"])
     layout = RunLayout(out, settings["backend"], settings["variant"], settings["weights"], size, settings["format"])
     if any(layout.run_dir.resolve() == d.resolve() for d in run_dirs):
@@ -174,17 +180,17 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
     if layout.settings_path.exists():
         same_run_settings([run_dirs[0], layout.run_dir])
         already = set(read_manifest(layout.run_dir))
-        for run_dir in run_dirs:
-            clash = already & set(read_manifest(run_dir))
+        for shards in manifests.values():
+            clash = already & set(shards)
             if clash:
                 raise LsegTrtError(f"{layout.run_dir} already holds shard {min(clash)} (merging twice?)")
     layout.manifest_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dirs[0] / SETTINGS_FILE, layout.settings_path)
     if (run_dirs[0] / PCA_FILE).exists():
         shutil.copyfile(run_dirs[0] / PCA_FILE, layout.pca_path)
-    for run_dir in run_dirs:
+    for run_dir, shards in manifests.items():
         source_tree = run_dir.parent
-        for index, records in read_manifest(run_dir).items():
+        for index, records in shards.items():
             for file in sorted({r["file"] for r in records if "file" in r}):
                 # shard files are relative to the run folder, npy files to the model tree
                 base, target = (run_dir, layout.run_dir) if layout.format == "shards" else (source_tree, layout.tree)
