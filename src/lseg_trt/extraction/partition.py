@@ -133,15 +133,16 @@ def check_runs(run_dirs: list[Path], items: list[Item] | None = None) -> Check:
     twice, no shard index twice, and, given the input `items`, none missing and none extra."""
     run_dirs = [Path(d) for d in run_dirs]
     same_run_settings(run_dirs)
-    return _tally({run_dir: read_manifest(run_dir) for run_dir in run_dirs}, items)
+    return _tally([(run_dir, read_manifest(run_dir)) for run_dir in run_dirs], items)
 
 
-def _tally(manifests: dict[Path, dict[int, list[dict]]], items: list[Item] | None = None) -> Check:
-    """`check_runs` on manifests already read (run folder -> shard index -> records)."""
-    check = Check(list(manifests))
+def _tally(manifests: list[tuple[Path, dict[int, list[dict]]]], items: list[Item] | None = None) -> Check:
+    """`check_runs` on manifests already read: (run folder, shard index -> records), a folder given twice
+    counted twice."""
+    check = Check([run_dir for run_dir, _ in manifests])
     seen: dict[str, int] = {}
     indices: set[int] = set()
-    for run_dir, shards in manifests.items():
+    for run_dir, shards in manifests:
         for index, records in shards.items():
             if index in indices:
                 check.twice.append(f"shard {index}")
@@ -169,7 +170,7 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
     """
     run_dirs = [Path(d) for d in run_dirs]
     settings = same_run_settings(run_dirs)
-    manifests = {run_dir: read_manifest(run_dir) for run_dir in run_dirs}  # read once: checked, then copied
+    manifests = [(run_dir, read_manifest(run_dir)) for run_dir in run_dirs]  # read once: checked, then copied
     check = _tally(manifests)
     if not check.ok:
         raise LsegTrtError(f"cannot merge: {check.describe().splitlines()[-1]}")
@@ -180,7 +181,7 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
     if layout.settings_path.exists():
         same_run_settings([run_dirs[0], layout.run_dir])
         already = set(read_manifest(layout.run_dir))
-        for shards in manifests.values():
+        for _, shards in manifests:
             clash = already & set(shards)
             if clash:
                 raise LsegTrtError(f"{layout.run_dir} already holds shard {min(clash)} (merging twice?)")
@@ -188,7 +189,7 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
     shutil.copyfile(run_dirs[0] / SETTINGS_FILE, layout.settings_path)
     if (run_dirs[0] / PCA_FILE).exists():
         shutil.copyfile(run_dirs[0] / PCA_FILE, layout.pca_path)
-    for run_dir, shards in manifests.items():
+    for run_dir, shards in manifests:
         source_tree = run_dir.parent
         for index, records in shards.items():
             for file in sorted({r["file"] for r in records if "file" in r}):
