@@ -94,3 +94,23 @@ def test_tensorrt_runner_checks_without_gpu(tiny_rn: LSeg, tmp_path: Path) -> No
         TensorRTRunner(engine, parse_backend("tensorrt-fp32"), "cuda")
     with pytest.raises(LsegTrtError, match="engine not found"):
         TensorRTRunner(tmp_path / "none.engine", parse_backend("tensorrt"), "cuda")
+
+
+@pytest.mark.slow
+def test_an_fp16_engine_from_weights_is_built_from_the_cached_fp16_model(tiny_rn: LSeg, tmp_path: Path) -> None:
+    """TensorRT-RTX is strongly typed: the fp16 model comes from the weights in memory, into the ONNX cache
+    that onnxruntime-fp16 shares; nothing is exported beside the engines. (Building runs here; executing
+    the engine needs a GPU TensorRT-RTX accepts.)"""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed")
+    from lseg_trt.engines import EngineRecord
+    from lseg_trt.onnx_cache import onnx_info
+    from lseg_trt.tensorrt.options import Profile
+
+    profile = Profile((1, 3, 64, 64), (1, 3, 64, 64), (1, 3, 64, 64))
+    runner = make_runner(parse_backend("tensorrt"), tiny_rn, "cpu", cache_dir=tmp_path, profile=profile)
+    record = EngineRecord.read(runner.engine_path)
+    (fp16_model,) = (tmp_path / "onnx").glob("*_fp16.onnx")
+    assert record.request["precision"] == "fp16" and record.request["onnx"] == fp16_model.name
+    assert onnx_info(fp16_model).precision == "fp16"
+    assert not list((tmp_path / "engines").glob("*.onnx"))
+    assert not list((tmp_path / "onnx").glob("*_fp32.onnx"))  # no fp32 export on the way

@@ -53,8 +53,12 @@ class TensorRTRunner(Runner):
 
         if source.kind == "engine":
             return cls(source.path, spec, device, source.record)  # type: ignore[arg-type]
-        onnx_path = onnx_of(source, "fp32", cache_dir, spec.name)
         options = BuildOptions(fp16=spec.precision == "fp16", profile=profile or Profile())
+        # A strongly typed TensorRT (no FP16 flag) builds fp16 engines from an fp16 model: exported here from
+        # the weights in memory, into the ONNX cache onnxruntime-fp16 shares, not re-loaded from the
+        # checkpoint by the engine cache's fallback (`onnx_cache.fp16_sibling`).
+        strongly_typed = options.fp16 and not load(options.flavour).has_fp16_flag
+        onnx_path = onnx_of(source, "fp16" if strongly_typed else "fp32", cache_dir, spec.name)
         return cls(engine_for(onnx_path, options, cache_dir / "engines"), spec, device)  # type: ignore[arg-type]
 
     def _activate(self) -> None:
