@@ -147,8 +147,12 @@ def compare_tree(root: Path, mode: str, reference_backend: str = "torch") -> lis
         groups.setdefault(rest, []).append(key)
     out: list[Comparison] = []
     for members in groups.values():
+        loaded: dict[FeatureKey, np.ndarray] = {}  # one group's maps: the reference is read once, not per pair
         for ref, cand in spec.pairs(members, reference_backend):
-            a, b = load_features(files[ref]), load_features(files[cand])
+            for key in (ref, cand):
+                if key not in loaded:
+                    loaded[key] = load_features(files[key])
+            a, b = loaded[ref], loaded[cand]
             size = ref.size
             if mode == "sizes":
                 b, size = _resize_unit(b, a.shape[2:]), f"{cand.size} -> {ref.size}"
