@@ -69,12 +69,33 @@ def test_onnx_cache_reuses_only_verified_exports_of_the_same_weights(tiny_rn: LS
 def test_onnx_info_is_read_once_per_version_of_the_file(vit_onnx: Path, tmp_path: Path) -> None:
     path = tmp_path / "model.onnx"
     shutil.copy(vit_onnx, path)
+    os.utime(path, (1e9, 1e9))  # not just written (a file that may still change unseen is read each time)
     first = onnx_info(path)
     assert onnx_info(path) is first  # not parsed again
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {**first.metadata, "variant": "tiny_rn"})
     onnx.save(model, str(path))  # a new version of the file
     assert onnx_info(path).metadata["variant"] == "tiny_rn"
+
+
+def test_file_hashes_are_remembered_only_for_files_not_just_written(tmp_path: Path) -> None:
+    import hashlib
+    import time
+
+    from lseg_trt import files
+
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"a" * 1000)
+    first = files.file_sha256(path)
+    path.write_bytes(b"b" * 1000)  # same size, same inode, maybe the same clock tick: must be read again
+    assert files.file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest() != first
+    old = time.time_ns() - 10_000_000_000
+    os.utime(path, ns=(old, old))
+    hits = files._sha256.cache_info().hits
+    assert files.file_sha256(path) == files.file_sha256(path) == hashlib.sha256(b"b" * 1000).hexdigest()
+    assert files._sha256.cache_info().hits == hits + 1  # an old file is hashed once
+    path.write_bytes(b"c" * 1000)  # a rewrite moves the time: read again
+    assert files.file_sha256(path) == hashlib.sha256(b"c" * 1000).hexdigest()
 
 
 def test_fp32_and_fp16_engines_with_records(fp32_onnx: Path, tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.export import OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
+from lseg_trt.files import file_version
 from lseg_trt.models import VARIANTS, LSeg, load_lseg
 from lseg_trt.models.fused import GRAPH
 
@@ -24,12 +25,12 @@ log = logging.getLogger(__name__)
 def onnx_info(path: Path) -> OnnxInfo:
     """`inspect_onnx`, remembered per version of the file: parsing a ViT-L model reads a 1.2 GB protobuf,
     and one request reads the same file more than once (cache check, then engine build)."""
-    st = Path(path).stat()
-    return _inspect(str(Path(path).resolve()), st.st_ino, st.st_size, st.st_mtime_ns)
+    version = file_version(path)
+    return _inspect(*version) if version else inspect_onnx(path)
 
 
 @functools.lru_cache(maxsize=8)
-def _inspect(path: str, inode: int, size: int, mtime_ns: int) -> OnnxInfo:
+def _inspect(path: str, *version: int) -> OnnxInfo:
     return inspect_onnx(path)
 
 
