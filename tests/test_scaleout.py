@@ -144,7 +144,12 @@ def test_worker_processes_match_one_process_and_resume_after_a_death(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # one of two workers dies after its first shard, holding the next; the resume redoes it on two workers
+    # one of two workers dies after its first shard, holding the next; the resume redoes it on two workers.
+    # The coordinator opens the run from the declared feature shape: only the workers run models.
+    def refuse(self: FeatureExtractor) -> FeatureExtractor:
+        raise AssertionError("the coordinator ran a model")
+
+    monkeypatch.setattr(FeatureExtractor, "activate", refuse)
     dying = tmp_path / "dying"
     monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "died-once"))
     died = cli(*args(dying, "--devices", "cpu,cpu"))
@@ -156,24 +161,6 @@ def test_worker_processes_match_one_process_and_resume_after_a_death(
 
     missing = cli(*args(tmp_path / "x", "--devices", "cuda:3"))
     assert missing.returncode == 2 and "cuda:3" in missing.stderr and not (tmp_path / "x" / "torch").exists()
-
-
-def test_a_devices_run_runs_no_model_in_the_coordinator(
-    cli: Callable[..., Any],
-    args: Callable[..., list[str]],
-    plain: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The coordinator opens the run from the declared feature shape; only the workers load models."""
-
-    def refuse(self: FeatureExtractor) -> FeatureExtractor:
-        raise AssertionError("the coordinator ran a model")
-
-    monkeypatch.setattr(FeatureExtractor, "activate", refuse)
-    result = cli(*args(tmp_path / "d", "--devices", "cpu,cpu"))
-    assert result.returncode == 0, result.stderr
-    assert _files(tmp_path / "d" / RUN) == _files(plain)  # run.json included
 
 
 def test_workers_take_shards_from_a_shared_queue(
