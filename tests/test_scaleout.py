@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -261,6 +263,27 @@ def _drain(queue: Any) -> list[int | None]:
     while (shard := queue.get(timeout=5)) is not None:
         taken.append(shard.index)
     return taken + [None]
+
+
+def test_the_fork_server_imports_nothing_from_the_current_folder(tmp_path: Path) -> None:
+    """Workers started from a folder holding a module the server would preload must not run it: users
+    run extraction from dataset folders, which are not code. (The driver is a script elsewhere, as the
+    console script is, so the parent's own path does not hold that folder.)"""
+    data, marker, driver = tmp_path / "data", tmp_path / "ran", tmp_path / "bin" / "driver.py"
+    (data / "lseg_trt").mkdir(parents=True)
+    (data / "lseg_trt" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    driver.parent.mkdir()
+    driver.write_text(
+        "import os\n"
+        "from lseg_trt.extraction.multi_gpu import start_worker_server, worker_context\n"
+        "if __name__ == '__main__':\n"
+        "    start_worker_server()\n"
+        "    p = worker_context().Process(target=os.getpid)\n"
+        "    p.start(); p.join(); print(p.exitcode)\n"
+    )
+    done = subprocess.run([sys.executable, driver], cwd=data, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("video", [False, True])

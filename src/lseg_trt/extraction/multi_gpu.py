@@ -69,8 +69,8 @@ class ExtractorSpec:
 
         if device == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
-        elif device.startswith("cuda"):
-            torch.cuda.set_device(device)  # this process's GPU is its default: streams, graphs, compiled code
+        elif device.startswith("cuda"):  # this process's GPU is its default: streams, graphs, compiled code
+            torch.cuda.set_device(torch.device(device).index or 0)  # Ray actors name plain "cuda"
         return FeatureExtractor.open(
             weights=self.weights, onnx=self.onnx, engine=self.engine, variant=self.variant, backend=self.backend,
             size=self.size, batch_size=self.batch_size, device=device, cache_dir=self.cache_dir, workers=self.workers,
@@ -130,7 +130,8 @@ def _claimed(tasks: Queue) -> Iterator[ShardSpec]:
 
 
 # imported by the fork server before it forks any worker
-PRELOAD = ["lseg_trt.extraction.multi_gpu"]
+# (on Python 3.10 nothing: see `start_worker_server`)
+PRELOAD = ["lseg_trt.extraction.multi_gpu"] if sys.version_info >= (3, 11) else []
 
 
 def worker_context() -> BaseContext:
@@ -143,11 +144,26 @@ def worker_context() -> BaseContext:
 
 
 def start_worker_server() -> None:
-    """Start the fork server now (it imports in the background); the first worker would otherwise."""
+    """Start the fork server now (it imports in the background), with a safe module path.
+
+    The server runs as `python -c ...`, so its module path begins with the current folder, and Python
+    before 3.12.8 does not give it the parent's path: its preload would import any `torch.py`, `yaml.py`
+    or `lseg_trt/` found in the folder the user runs from (a dataset folder, say). PYTHONSAFEPATH (3.11+)
+    leaves that entry out; on 3.10 nothing is preloaded, and each worker imports after multiprocessing has
+    set the parent's path, as a spawned one did.
+    """
     from multiprocessing import forkserver
 
     worker_context()
-    forkserver.ensure_running()
+    before = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try:
+        forkserver.ensure_running()
+    finally:
+        if before is None:
+            del os.environ["PYTHONSAFEPATH"]
+        else:
+            os.environ["PYTHONSAFEPATH"] = before
 
 
 def _worker(
@@ -207,6 +223,7 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than
     devices, the devices left over start no process.
     """
+    start_worker_server()  # never started lazily by the first worker, without the safe path
     context = worker_context()
     results = context.Queue()
     used = devices[: len(shards)]
