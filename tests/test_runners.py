@@ -96,6 +96,25 @@ def test_tensorrt_runner_checks_without_gpu(tiny_rn: LSeg, tmp_path: Path) -> No
         TensorRTRunner(tmp_path / "none.engine", parse_backend("tensorrt"), "cuda")
 
 
+def test_a_run_refuses_a_batch_outside_the_engine_profile_before_touching_files(tiny_rn: LSeg, tmp_path: Path) -> None:
+    """A `--devices --force` run opens its folder without running a model: a batch the engine cannot take
+    must be refused before `--force` removes the previous results, not in the workers after it."""
+    pytest.importorskip("tensorrt_rtx_bindings", reason="TensorRT-RTX not installed")
+    from lseg_trt.extraction import FeatureExtractor
+    from lseg_trt.extraction.run import RunOptions, layout_for, prepare_run
+    from lseg_trt.tensorrt.options import Profile
+
+    profile = Profile((1, 3, 64, 96), (1, 3, 64, 96), (1, 3, 64, 96))
+    engine = make_runner(parse_backend("tensorrt-fp32"), tiny_rn, "cpu", cache_dir=tmp_path, profile=profile)
+    extractor = FeatureExtractor.open(engine=engine.engine_path, size=(64, 96), batch_size=2, device="cpu")
+    earlier = layout_for(extractor, tmp_path / "out", "shards").run_dir / "manifest" / "00000.jsonl"
+    earlier.parent.mkdir(parents=True)
+    earlier.write_text("{}\n")
+    with pytest.raises(LsegTrtError, match="outside the profile"):
+        prepare_run(extractor, [], tmp_path / "out", RunOptions(force=True))
+    assert earlier.read_text() == "{}\n"
+
+
 @pytest.mark.slow
 def test_an_fp16_engine_from_weights_is_built_from_the_cached_fp16_model(tiny_rn: LSeg, tmp_path: Path) -> None:
     """TensorRT-RTX is strongly typed: the fp16 model comes from the weights in memory, into the ONNX cache

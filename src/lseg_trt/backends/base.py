@@ -103,6 +103,10 @@ class Runner(ABC):
     def prepare(self, shape: Shape) -> None:  # noqa: B027 - most backends need no per-shape work
         """Per-shape set-up, outside any timed region (graph capture, binding)."""
 
+    def check_input(self, shape: Shape) -> None:  # noqa: B027 - most backends take any batch and size
+        """Refuse an input shape this runner can never take, without loading anything (an engine's
+        profile), so that a run can say so before it writes or deletes a file."""
+
     @abstractmethod
     def _activate(self) -> None: ...
 

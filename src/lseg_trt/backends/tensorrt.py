@@ -100,9 +100,12 @@ class TensorRTRunner(Runner):
             raise LsegTrtError(f"{self.engine_path.name}: execute_async_v3 failed")
         return self.output
 
+    def check_input(self, shape: Shape) -> None:
+        check_shape(self.profile, shape, self.engine_path.name)
+
     def prepare(self, shape: Shape) -> None:
         """Check the shape against the profile; once active, also bind it (or capture its graph)."""
-        check_shape(self.profile, shape, self.engine_path.name)
+        self.check_input(shape)
         if not self.active:
             return
         if self.graphs is not None:

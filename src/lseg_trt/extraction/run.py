@@ -79,6 +79,8 @@ def open_run(
 ) -> RunOutput:
     """Create (or reopen, with `resume`) the run folder for this extractor and settings; `shared` when the
     tasks of one run join it (see `manifest.start_run`)."""
+    # what the workers of a delegated run would find out only after `--force` removed the old results
+    extractor.runner.check_input((extractor.batch_size, 3, *extractor.size))
     feature_shape = extractor.output_shape()
     layout = layout_for(extractor, out, format)
     reduction.check(feature_shape)
