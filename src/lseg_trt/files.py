@@ -125,15 +125,16 @@ def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_AFTER_S) -> 
     return removed
 
 
-def file_version(path: str | Path) -> tuple[str, int, int, int, int] | None:
-    """(real path, device, inode, size, modification time) of a file, to remember what was read from it
-    while this stays the same; None for a file modified in the last two seconds, which must be read
-    again: file times are only as fine as the kernel's clock tick, so a same-size rewrite that soon could
-    keep them (git's "racy" files)."""
+def file_version(path: str | Path) -> tuple[str, int, int, int, int, int] | None:
+    """(real path, device, inode, size, modification and change times) of a file, to remember what was
+    read from it while these stay the same (the change time also moves when a copy restores an old
+    modification time); None for a file modified in the last two seconds, which must be read again:
+    file times are only as fine as the kernel's clock tick, so a same-size rewrite that soon could keep
+    them (git's "racy" files)."""
     st = os.stat(path)
     if time.time_ns() - st.st_mtime_ns < 2_000_000_000:
         return None
-    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+    return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
 def file_sha256(path: str | Path) -> str:

@@ -234,7 +234,10 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
         name = f"worker{w} {device}"
         args = (spec, name, queues[w], output, results, time.time(), dict(os.environ))
         processes[name] = context.Process(target=_worker, args=args)
-        processes[name].start()
+        try:
+            processes[name].start()
+        except (EOFError, OSError) as e:  # the fork server died or could not import this package
+            raise LsegTrtError(f"could not start a worker process for {device}: {e!r}") from None
     log.info("%d shards on %d worker(s): %s", len(shards), len(processes), ", ".join(processes))
     reports = _reports(processes, results)
     summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
