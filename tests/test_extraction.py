@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -226,6 +227,30 @@ def test_nan_weights_are_recorded_not_written(tiny_vit: LSeg, folder: Path, tmp_
     with _extractor(broken) as ex:  # a resume must not pass on the NaN results as finished
         again = extract(ex, folder / "cam0", tmp_path, progress=False, resume=True)
     assert again.skipped == 0 and len(again.nonfinite) == 4 and not again.ok
+
+
+def test_records_and_settings_on_disk_are_not_trusted(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path
+) -> None:
+    """Manifests and run.json are files anyone can edit: a record naming a file outside the run, or lines
+    that are not records, give one error, never a read elsewhere or a traceback."""
+    from lseg_trt.extraction.manifest import read_manifest, read_settings
+
+    run = extract(extractor, folder / "cam0", tmp_path / "out", shard_size=2, progress=False).run_dir
+    outside = tmp_path / "elsewhere.safetensors"
+    shutil.copy(next((run / "shards").glob("*.safetensors")), outside)
+    manifest = run / "manifest" / "00000.jsonl"
+    records = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for bad in (str(outside), "../../../elsewhere.safetensors"):
+        manifest.write_text("".join(json.dumps({**r, "file": bad}) + "\n" for r in records))
+        with pytest.raises(LsegTrtError, match="outside"):
+            open_features(run)[records[0]["name"]]
+    manifest.write_text("1\n")
+    with pytest.raises(LsegTrtError, match="corrupt manifest"):
+        read_manifest(run)
+    (run / "run.json").write_text("[]")
+    with pytest.raises(LsegTrtError, match="malformed run settings"):
+        read_settings(run)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])

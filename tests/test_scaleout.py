@@ -258,6 +258,24 @@ def test_ray_address_that_does_not_answer(
     assert not (tmp_path / "torch").exists()
 
 
+def test_ray_refuses_a_working_folder_that_holds_python_code(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray puts the working folder on its workers' module path: a `numpy.py` there would run in them."""
+    pytest.importorskip("ray", reason="Ray not installed")
+    from lseg_trt.extraction.ray_data import connect
+
+    (tmp_path / "numpy.py").write_text("raise SystemExit('must never run')\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LsegTrtError, match=r"holds Python code \(numpy.py\)"):
+        connect(None)
+
+
+def test_a_fail_once_marker_that_cannot_be_made_does_not_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lseg_trt.extraction.multi_gpu import fail_once_here
+
+    monkeypatch.setenv(FAIL_ONCE_ENV, str(tmp_path / "missing" / "marker"))
+    fail_once_here()  # returns: the process goes on
+
+
 def _drain(queue: Any) -> list[int | None]:
     taken = []
     while (shard := queue.get(timeout=5)) is not None:

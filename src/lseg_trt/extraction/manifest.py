@@ -137,9 +137,12 @@ def remove_run_temps(layout: RunLayout) -> list[Path]:
 def read_settings(layout_or_dir: RunLayout | Path) -> dict:
     path = layout_or_dir.settings_path if isinstance(layout_or_dir, RunLayout) else Path(layout_or_dir) / SETTINGS_FILE
     try:
-        return json.loads(path.read_text())
+        settings = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise LsegTrtError(f"cannot read run settings {path}: {e}") from None
+    if not isinstance(settings, dict):
+        raise LsegTrtError(f"malformed run settings {path}: not a JSON object")
+    return settings
 
 
 def write_shard_manifest(layout: RunLayout, index: int, records: list[dict]) -> None:
@@ -154,7 +157,10 @@ def read_manifest(run_dir: Path) -> dict[int, list[dict]]:
         if not path.stem.isdigit():
             continue
         try:
-            shards[int(path.stem)] = [json.loads(line) for line in path.read_text().splitlines() if line]
+            records = [json.loads(line) for line in path.read_text().splitlines() if line]
         except (OSError, json.JSONDecodeError) as e:
             raise LsegTrtError(f"corrupt manifest {path}: {e}") from None
+        if not all(isinstance(r, dict) and isinstance(r.get("name"), str) and "status" in r for r in records):
+            raise LsegTrtError(f"corrupt manifest {path}: a line is not a record with a name and a status")
+        shards[int(path.stem)] = records
     return shards

@@ -105,6 +105,9 @@ def fail_once_here() -> None:
         fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         return
+    except OSError as e:
+        log.warning("%s=%s: cannot create it (%s); not failing", FAIL_ONCE_ENV, marker, e.strerror)
+        return
     os.close(fd)
     log.warning("%s: exiting on purpose", FAIL_ONCE_ENV)
     os._exit(17)
@@ -185,6 +188,8 @@ def _worker(
     except LsegTrtError as e:
         print(f"lseg-trt extract: error: {name}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal's group: the parent reports it
+        sys.exit(130)
 
 
 def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue, spawned: float) -> None:

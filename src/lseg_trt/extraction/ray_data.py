@@ -72,12 +72,30 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
         except OSError as e:
             raise LsegTrtError(f"--ray {address}: no Ray cluster answers there ({e.strerror or e})") from None
+    _refuse_code_in_working_folder()
     if ray.is_initialized():
         return
     try:
         ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
     except ConnectionError as e:
         raise LsegTrtError(f"--ray {address}: {str(e).splitlines()[0]}") from None
+
+
+def _refuse_code_in_working_folder() -> None:
+    """Ray puts the driver's working folder on every worker's module path, ahead of the installed
+    packages, so a `numpy.py` or `torch/` there would run in the workers. Users start extraction from
+    dataset folders, which are not code: refuse a folder that holds importable Python instead of running it."""
+    importable = (".py", ".pyc", ".so", ".pyd")
+    with os.scandir(".") as entries:
+        code = sorted(
+            e.name for e in entries
+            if e.name.endswith(importable) or (e.is_dir() and os.path.isfile(os.path.join(e.path, "__init__.py")))
+        )  # fmt: skip
+    if code:
+        raise LsegTrtError(
+            f"--ray: Ray adds the working folder ({os.getcwd()}) to its workers' module path, and it holds "
+            f"Python code ({', '.join(code[:5])}); run from another folder"
+        )
 
 
 def run_ray(

@@ -17,6 +17,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.manifest import PCA_FILE, SETTINGS_FILE, read_manifest, read_settings
 from lseg_trt.extraction.reduce import PCABasis
 from lseg_trt.extraction.writers import SAFETENSORS_DTYPES
+from lseg_trt.names import inside
 
 _NUMPY_DTYPES = {name: dtype.type for dtype, name in SAFETENSORS_DTYPES.items()}  # what the writers store
 
@@ -42,9 +43,13 @@ class FeatureSet(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         record = self.done[name]
-        if self.settings["format"] == "npy":
-            return np.load(self.run_dir.parent / record["file"], mmap_mode="r")
-        return self._shard_tensor(self.run_dir / record["file"], record["key"])
+        # a manifest is a file on disk, not trusted to name one outside its run (shards) or model tree (npy)
+        try:
+            if self.settings["format"] == "npy":
+                return np.load(inside(self.run_dir.parent, *Path(record["file"]).parts), mmap_mode="r")
+            return self._shard_tensor(inside(self.run_dir, *Path(record["file"]).parts), record["key"])
+        except (KeyError, TypeError, ValueError, OverflowError, OSError) as e:
+            raise LsegTrtError(f"cannot read the features of {name} in {self.run_dir}: {e!r}") from None
 
     def _shard_tensor(self, path: Path, key: str) -> np.ndarray:
         header, data = self._shard(path)
