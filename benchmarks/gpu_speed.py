@@ -58,7 +58,7 @@ import torch
 from lseg_trt import hwinfo
 
 SECTIONS = ("ceiling", "attention", "baseline", "aoti", "overhead", "coldstart", "candidates")
-BASELINE_FAST = "torch-compile-fp16+graph"  # the best backend before the inference rewrite
+BASELINE_FAST = "torch-compile-fp16+graph"  # the fastest measured on the GPU (the rewrite is slower there)
 FUSED_FAST = "torch-compile-fused+graph"  # Inductor on `lseg_trt.models.fused` (fp16)
 # torch.compile's mode="max-autotune-no-cudagraphs" as options (a mode and options cannot be combined)
 MAX_AUTOTUNE = {"max_autotune": True, "coordinate_descent_tuning": True}

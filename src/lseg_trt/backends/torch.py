@@ -82,6 +82,7 @@ class FusedTorchRunner(TorchRunner):
 
 
 class FusedCompileRunner(TorchCompileRunner):
-    """Inductor on the inference rewrite: the fastest torch backend (see benchmarks/results/README.md)."""
+    """Inductor on the inference rewrite: faster than `torch-compile` on a CPU, slower on the H200
+    (benchmarks/results/README.md), where `torch-compile-fp16+graph` is the fastest torch backend."""
 
     fused = True
