@@ -35,6 +35,7 @@ class FeatureSet(Mapping[str, np.ndarray]):
         self.records = [r for shard in read_manifest(run_dir).values() for r in shard]
         self.done = {r["name"]: r for r in self.records if r["status"] == "done"}
         self.shards: dict[Path, np.memmap] = {}
+        self.files: dict[str, Path] = {}  # a record's file, checked to lie inside the run once per file
 
     @cached_property
     def pca(self) -> PCABasis | None:
@@ -43,13 +44,20 @@ class FeatureSet(Mapping[str, np.ndarray]):
 
     def __getitem__(self, name: str) -> np.ndarray:
         record = self.done[name]
-        # a manifest is a file on disk, not trusted to name one outside its run (shards) or model tree (npy)
         try:
             if self.settings["format"] == "npy":
-                return np.load(inside(self.run_dir.parent, *Path(record["file"]).parts), mmap_mode="r")
-            return self._shard_tensor(inside(self.run_dir, *Path(record["file"]).parts), record["key"])
+                return np.load(self._file(record["file"]), mmap_mode="r")
+            return self._shard_tensor(self._file(record["file"]), record["key"])
         except (KeyError, TypeError, ValueError, OverflowError, OSError) as e:
             raise LsegTrtError(f"cannot read the features of {name} in {self.run_dir}: {e!r}") from None
+
+    def _file(self, file: str) -> Path:
+        """A manifest is a file on disk, not trusted to name one outside its run (shards) or model tree
+        (npy); checked once per file, as a shard serves many items."""
+        if file not in self.files:
+            base = self.run_dir.parent if self.settings["format"] == "npy" else self.run_dir
+            self.files[file] = inside(base, *Path(file).parts)
+        return self.files[file]
 
     def _shard_tensor(self, path: Path, key: str) -> np.ndarray:
         header, data = self._shard(path)
