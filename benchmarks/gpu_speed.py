@@ -9,25 +9,28 @@ so a run always ends with its results written; OUT/gpu_speed.{json,md} are rewri
 - ceiling: the same run's dense bf16 GEMM TFLOP/s (`lseg_trt.bench.matmul_ceiling`), the yardstick.
 - attention: SDPA alone at ViT-L's token counts, per backend (flash / efficient / cuDNN), and which one
   PyTorch picks by default: cheap, and it says whether an attention candidate is worth compiling.
-- baseline: per case, torch fp32 eager, torch-compile-fp16+graph (the previous best) and
-  torch-compile-fused+graph (Inductor on the inference rewrite, `lseg_trt.models.fused`), timed as
+- baseline: per case, the --baselines backends: by default torch fp32 eager, torch-compile-fp16+graph
+  (the fastest measured) and torch-compile-fused+graph (Inductor on the inference rewrite,
+  `lseg_trt.models.fused`, slower on the GPU so far), timed as
   `lseg-trt bench` times (CUDA events per iteration, warm-up excluded, medians), with TFLOP/s and the
   share of the ceiling (FLOPs are lang-seg's for every backend, so the rewrite's figure is an effective
   rate: it does 3.5 % (ViT-L) to 9.5 % (RN101) less work); the fidelity case (batch 1, the first
   non-square size) also gets fidelity.
 - aoti: torch-aoti-fp16 and torch-aoti-fp16+graph at the fidelity case (loads the package the
   coldstart section compiled when that ran first).
-- overhead: the Python runner (`runner.infer`, torch-compile-fused+graph) against the bare
+- overhead: the Python runner (`runner.infer`, torch-compile-fp16+graph) against the bare
   `graph.replay()` of the very graph it replays (and copy + replay), at 256x256 and 480x640 batch 1:
   device time per call (CUDA events), synchronous host latency per call, and back-to-back host time
   per call.
 - coldstart: time to first features in a fresh process (`python gpu_speed.py --child ...`) that loads a
-  checkpoint file in lang-seg's format: torch-compile-fused with an empty and then a reused
+  checkpoint file in lang-seg's format: torch-compile-fp16+graph with an empty and then a reused
   TORCHINDUCTOR_CACHE_DIR / TRITON_CACHE_DIR; torch-aoti cold (empty cache) and warm (package present).
   A child that dies leaves the tail of its stderr (with faulthandler's stack) in OUT.
-- candidates: Inductor variants of the rewrite at the candidate cases, each with its fidelity; a candidate
-  counts only if it passes `lseg_trt.tolerances.TOLERANCES`. max-autotune comes last, at the first
-  candidate case only (its GEMM searches cost minutes per shape).
+- candidates: variants of torch-compile-fp16+graph at the candidate cases, each with its fidelity (freezing,
+  bf16, a pinned SDPA backend, fp8 linear layers on Ada/Hopper (`fp8_linears.py`), max-autotune); a
+  candidate counts only if it passes `lseg_trt.tolerances.TOLERANCES` (fp8 is judged by the bf16 floor, the
+  loosest there is). max-autotune comes last, at the first candidate case only (its GEMM searches cost
+  minutes per shape).
 
 Fidelity: chelsea at the case's size, candidate vs torch fp32 eager with TF32 off (`strict_fp32`).
 Weights are the embedded seeded random ones (real architecture, so real latency). Needs open_clip
@@ -366,7 +369,10 @@ def _time_call(bench: Bench, fn: Callable[[], Any], iterations: int) -> float:
 
 
 def baseline(bench: Bench, case: Case) -> None:
-    for backend, precision in (("torch", None), (BASELINE_FAST, "fp16"), (FUSED_FAST, "fp16")):
+    from lseg_trt.backends import parse_backend
+
+    for backend in bench.args.baselines:
+        precision = None if backend == "torch" else parse_backend(backend).precision  # torch: the yardstick
         name = bench.backend_name(backend)
         bench.measure("baseline", name, case, lambda b=backend: bench.runner(case.variant, b), precision, False)
 
@@ -385,7 +391,7 @@ def aoti(bench: Bench, case: Case) -> None:
 
 def overhead(bench: Bench, case: Case) -> None:
     """Python runner vs bare replay of its own graph: where a C++ runner could win at most."""
-    runner = bench.runner(case.variant, FUSED_FAST)
+    runner = bench.runner(case.variant, BASELINE_FAST)
     bench.prepare(runner, case)
     graph, static_in, _ = runner.fn.graphs[case.shape]
     x = torch.randn(case.shape, device=bench.device)
@@ -428,13 +434,13 @@ def coldstart(bench: Bench, case: Case) -> None:
     if not checkpoint.exists():
         checkpoint.parent.mkdir(parents=True, exist_ok=True)
         save_lightning_checkpoint(bench.lseg(case.variant), checkpoint)
-    for backend in ("torch-compile-fused", "torch-aoti-fp16"):
+    for backend in dict.fromkeys(bench.backend_name(b) for b in bench.args.coldstart):
         folder = bench.cache / "coldstart" / backend  # this child's Inductor and Triton caches
         shutil.rmtree(folder, ignore_errors=True)
         if backend == "torch-aoti-fp16":
             shutil.rmtree(bench.cache / "aoti", ignore_errors=True)  # refilled by the cold child, loaded later
         for phase in ("cold", "warm"):
-            cost = {"torch-aoti-fp16": 150, "torch-compile-fused": 90}[backend] if phase == "cold" else 40
+            cost = (150 if backend == "torch-aoti-fp16" else 90) if phase == "cold" else 40
             if not bench.budget.allows(cost * (1 if bench.cuda else 0.3)):
                 bench.results.add("coldstart", case=case.name, backend=backend, phase=phase, status="skipped: budget")
                 continue
@@ -512,7 +518,8 @@ def child_main(args: argparse.Namespace) -> None:
 
 
 def candidates(bench: Bench) -> list[tuple[str, str, float, Callable[[Case], Any]]]:
-    """(name, precision, estimated seconds per case, factory): cheap first, max-autotune last."""
+    """(name, precision, estimated seconds per case, factory): most promising first, max-autotune last."""
+    import fp8_linears  # beside this script
     from torch.nn.attention import SDPBackend
 
     def tuned(precision: str, **kwargs: Any) -> Callable[[Case], Any]:
@@ -521,21 +528,16 @@ def candidates(bench: Bench) -> list[tuple[str, str, float, Callable[[Case], Any
 
         return make
 
-    items: list[tuple[str, str, float, Callable[[Case], Any]]] = [
-        ("fused freezing fp16", "fp16", 90, tuned("fp16", fused=True, options={"freezing": True})),
-        ("fused bf16", "bf16", 70, tuned("bf16", fused=True)),
-    ]
+    # On the plain encoder: Inductor compiles the inference rewrite into slower GPU code (H200, 2026-11-25).
+    items: list[tuple[str, str, float, Callable[[Case], Any]]] = []
+    if bench.cuda and torch.cuda.get_device_capability(bench.device) >= (8, 9):  # e4m3 GEMMs: Ada, Hopper on
+        items.append(("fp8 linears (bf16 rest)", "bf16", 80, tuned("bf16", transform=fp8_linears.to_fp8_linears)))
+    items.append(("freezing fp16", "fp16", 70, tuned("fp16", options={"freezing": True})))
     if bench.sdpa_best is not None:
         backend = getattr(SDPBackend, bench.sdpa_best)
-        items.append((f"fused sdpa={backend.name} fp16", "fp16", 70, tuned("fp16", fused=True, sdpa=backend)))
-    items += [
-        (
-            "fused freezing max-autotune fp16",
-            "fp16",
-            300,
-            tuned("fp16", fused=True, options={"freezing": True, **MAX_AUTOTUNE}),
-        ),
-    ]
+        items.append((f"sdpa={backend.name} fp16", "fp16", 70, tuned("fp16", sdpa=backend)))
+    items.append(("bf16", "bf16", 70, tuned("bf16")))
+    items.append(("max-autotune fp16", "fp16", 300, tuned("fp16", options=MAX_AUTOTUNE)))
     return items[:1] if bench.args.quick else items
 
 
@@ -545,10 +547,11 @@ def _tuned_runner_class() -> type:
     from lseg_trt.backends.torch import TorchCompileRunner
 
     class Tuned(TorchCompileRunner):
-        """torch.compile of the encoder or its inference rewrite (`fused`), with Inductor options
-        (`options`), or an SDPA backend pinned while tracing and capturing (`sdpa`)."""
+        """torch.compile of the encoder with Inductor options (`options`), an SDPA backend pinned while
+        tracing and capturing (`sdpa`), or its modules rewritten in place first (`transform`)."""
 
         sdpa: Any = None
+        transform: Callable[[torch.nn.Module], Any] | None = None
 
         @classmethod
         def build(cls, bench: Bench, variant: str, precision: str, **kwargs: Any) -> Any:
@@ -559,6 +562,11 @@ def _tuned_runner_class() -> type:
             for key, value in kwargs.items():
                 setattr(runner, key, value)
             return runner.activate()
+
+        def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+            if self.transform is not None:
+                self.transform(model)  # the runner's private copy, already placed and cast
+            return super()._wrap(model)
 
         def _context(self) -> contextlib.AbstractContextManager[Any]:
             from torch.nn.attention import sdpa_kernel
@@ -581,7 +589,7 @@ def _tuned_runner_class() -> type:
 
 def tasks(bench: Bench) -> Iterator[tuple[str, str, float, Callable[[], None]]]:
     """(section, label, estimated seconds, action) in priority order."""
-    compile_s = 60 if bench.cuda else 15
+    compile_s = 30 if bench.cuda else 15  # H200, warm Triton cache: 9-19 s per backend and shape
     cases = bench.cases
     vit_cases = [c for c in cases if c.variant.startswith(("vit", "tiny_vit"))]
     first = vit_cases[0] if vit_cases else cases[0]
@@ -594,7 +602,7 @@ def tasks(bench: Bench) -> Iterator[tuple[str, str, float, Callable[[], None]]]:
     yield "coldstart", first.name, 0, lambda: coldstart(bench, first)  # budgets each child itself
     yield "aoti", first.name, (30 if "coldstart" in bench.args.only else 2.5 * compile_s), lambda: aoti(bench, first)
     for case in cases[1:]:
-        cost = compile_s * (3 if case.height * case.width > 500_000 or case.batch > 1 else 1) + 10
+        cost = compile_s * (2 if case.height * case.width > 500_000 or case.batch > 1 else 1) + 10
         yield "baseline", case.name, cost, lambda c=case: baseline(bench, c)
     if bench.cuda:
         small = Case(first.variant, 1, 256, 256)
@@ -623,6 +631,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cases", default=None, help="comma list of variant:BxHxW, overriding the defaults")
     parser.add_argument("--candidate-cases", default=None, help="comma list of variant:BxHxW (default: first case)")
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    parser.add_argument(
+        "--baselines",
+        default=f"torch,{BASELINE_FAST},{FUSED_FAST}",
+        help="comma list of backends timed per case (torch first: fp32 eager, the yardstick) [%(default)s]",
+    )
+    parser.add_argument(
+        "--coldstart",
+        default=f"{BASELINE_FAST},torch-aoti-fp16",
+        help="comma list of backends started in fresh processes [%(default)s]",
+    )
     parser.add_argument("--quick", action="store_true", help="two cases, fewer iterations, cheap candidates only")
     parser.add_argument("--budget-s", type=float, default=330.0, help="start no task past this (estimated)")
     parser.add_argument("--iterations", type=int, default=None)
@@ -636,6 +654,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.cases = parse(args.cases) if args.cases else default_cases(args.variant, args.quick)
     args.candidate_cases = parse(args.candidate_cases) if args.candidate_cases else None
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
+    args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
+    args.coldstart = [b.strip() for b in args.coldstart.split(",") if b.strip()]
     unknown = set(args.only) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")

@@ -57,3 +57,30 @@ def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
     assert multi["many"]["images"] == multi["one"]["images"] == 16
     assert multi["first_run"]["images"] == 2 * 4  # one batch per device warms each device's cache first
     assert multi["many"]["worker_startup_s"] and multi["efficiency_data_path"] > 0
+
+
+def test_fp8_linears_quantise_like_e4m3() -> None:
+    """The fp8 candidate's arithmetic, on the CPU (`torch._scaled_mm` runs there too): the product keeps
+    e4m3's precision (3 significand bits: a few per cent), no more and no less, and every ViT linear layer
+    is swapped. A lost or inverted scale moves the error far outside that band (0.97 with scales of 1)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fp8_linears import Fp8Linear, to_fp8_linears
+
+    from lseg_trt.models import load_lseg
+
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
+    x = torch.randn(3, 7, 64, generator=generator, dtype=torch.float64)
+    x[0, 0] *= 1e4  # an outlier token, far past e4m3's 448
+    with torch.no_grad():
+        exact = torch.nn.functional.linear(x, linear.weight.double(), linear.bias.double())
+        got = Fp8Linear(linear)(x.to(torch.bfloat16)).double()
+    error = ((got - exact).norm(dim=-1) / exact.norm(dim=-1)).flatten()
+    assert got.shape == exact.shape and bool(torch.isfinite(got).all())
+    assert 1e-3 < float(error.max()) < 0.08, error
+
+    encoder = load_lseg("random", variant="tiny_vit").image_encoder.to(torch.bfloat16)
+    linears = sum(type(m) is torch.nn.Linear for m in encoder.modules())
+    assert to_fp8_linears(encoder) == linears > 0
+    assert not any(type(m) is torch.nn.Linear for m in encoder.modules())
