@@ -1,7 +1,9 @@
 """Extraction to disk on 1 and on N devices of one host, same data, and the scaling efficiency (issue 12).
 
-Synthesises M 1280x720 JPEG frames (the generator of pipeline_bench.py, in parallel), then for the
-first device alone and for all of --devices runs the same extraction (safetensors shards, fp16, pooled)
+Synthesises U distinct 1280x720 JPEG frames (the generator of pipeline_bench.py, in parallel) and links
+them under M names (frame i is distinct frame i mod U: decoding costs the same, and the synthesis, about
+0.1 s a frame, would otherwise cost more device time than the runs), then for the first device alone and
+for all of --devices runs the same extraction (safetensors shards, fp16, pooled)
 through `run_devices`: one worker process per device, as `lseg-trt extract --devices` does. Reports
 images/s end to end (from opening the run, the weights read, to the last worker's exit: process start
 and model load included)
@@ -10,7 +12,9 @@ take shards from one queue, so they start and stop at different times: images / 
 would charge one worker's late start to the whole run). Scaling efficiency: throughput_N / (N *
 throughput_1) end to end, and (images per worker-second)_N / (...)_1 for the data path. Each worker's
 startup is split into imports, model (checkpoint, runner) and warm-up (compile or kernel load, graph
-capture). Writes multi_gpu.json and multi_gpu.md.
+capture). Before each timed run the weights file and the compile caches are read once, untimed: a run
+writes gigabytes of features, which can push them out of the page cache, and the run that came second
+would then read them from disk while the first did not. Writes multi_gpu.json and multi_gpu.md.
 
     python benchmarks/multi_gpu_bench.py --devices cuda:0,cuda:1 --frames 8192 --out benchmarks/results/multi_gpu
     python benchmarks/multi_gpu_bench.py --devices cpu,cpu --variant tiny_vit --frames 32
@@ -19,6 +23,7 @@ capture). Writes multi_gpu.json and multi_gpu.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -40,11 +45,37 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_bench import make_frames  # noqa: E402
 
 
+def linked_frames(folder: Path, count: int, unique: int, parts: int) -> None:
+    """`count` frame names in `folder`, hard links to `unique` synthesised frames (made beside it)."""
+    source = folder.with_name(folder.name + "-unique")
+    make_frames(source, unique, parts)
+    distinct = sorted(source.rglob("*.jpg"))
+    if len(list(folder.rglob("*.jpg"))) == count:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for i in range(count):
+        target = folder / f"{i // 4096:03d}" / f"{i:07d}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(distinct[i % len(distinct)], target)
+
+
+def read_through(paths: list[Path]) -> None:
+    """Read every file under `paths`, so that each timed run finds them in the page cache."""
+    for root in paths:
+        for path in [root] if root.is_file() else (p for p in root.rglob("*") if p.is_file()):
+            with contextlib.suppress(OSError), path.open("rb") as f:
+                while f.read(1 << 24):
+                    pass
+
+
 def measure(
     spec: ExtractorSpec, devices: list[str], frames: Path, out: Path, ns: argparse.Namespace, shard_size: int = 0
 ) -> dict:
     """One to-disk run of every frame on `devices`; the run folder is made (and its model released) first."""
     shutil.rmtree(out, ignore_errors=True)
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    read_through([Path(spec.weights), Path(cache_dir()), Path.home() / ".triton" / "cache"])
     items = list_items(frames)
     shard_size = shard_size or ns.shard_size
     start = time.perf_counter()
@@ -63,6 +94,9 @@ def measure(
         "images_per_s_end_to_end": summary.done / seconds,
         "worker_seconds": workers,
         "images_per_worker_second": summary.done / sum(workers.values()),
+        # what the run cost beyond its data path (opening the run, worker startup, the last shards' tail):
+        # a run of F frames takes about fixed_s + F / (len(devices) * images_per_worker_second)
+        "fixed_s": seconds - summary.done / (len(devices) * summary.done / sum(workers.values())),
     }
 
 
@@ -85,6 +119,7 @@ def main() -> None:
     p.add_argument("--size", default="480x640")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=4096)
+    p.add_argument("--unique-frames", type=int, default=4096, help="distinct frames among them [%(default)s]")
     p.add_argument("--pool", type=int, default=4, help="average-pool the stored grid [%(default)s]")
     p.add_argument("--shard-size", type=int, default=64, help="at most; lowered to give each device 4 shards")
     p.add_argument("--workers", type=int, default=None, help="decode threads per device [cores / devices - 1, <= 8]")
@@ -101,7 +136,8 @@ def main() -> None:
     workers = ns.workers or max(1, min(8, cores // len(devices) - 1))
     size = parse_size(ns.size)
     work = Path(ns.work or tempfile.mkdtemp(prefix="lseg-multi-gpu-"))
-    make_frames(work / "frames", ns.frames, max(1, min(16, cores, ns.frames)))
+    unique = max(1, min(ns.unique_frames, ns.frames))
+    linked_frames(work / "frames", ns.frames, unique, max(1, min(16, cores, unique)))
     if ns.weights is None:
         from lseg_trt.models import load_lseg
         from lseg_trt.models.synthetic import save_lightning_checkpoint
@@ -127,8 +163,9 @@ def main() -> None:
         "machine": hwinfo.collect(),
         "lseg_trt": lseg_trt.__version__,
         "settings": {"variant": ns.variant, "weights": Path(ns.weights).name, "backend": ns.backend, "size": list(size),
-                     "batch": ns.batch, "frames": ns.frames, "frame_size": [720, 1280], "pool": ns.pool,
-                     "dtype": "fp16", "format": "shards", "shard_size": ns.shard_size, "decode_workers": workers},
+                     "batch": ns.batch, "frames": ns.frames, "unique_frames": unique, "frame_size": [720, 1280],
+                     "pool": ns.pool, "dtype": "fp16", "format": "shards", "shard_size": ns.shard_size,
+                     "decode_workers": workers},
         "first_run": first_run,
         "one": one,
         "many": many,
@@ -148,14 +185,15 @@ def render(r: dict) -> str:
     lines = [
         f"# Extraction on 1 and {n} devices ({', '.join(many['devices'])})",
         "",
-        f"{s['frames']} frames 1280x720 JPEG -> {s['variant']} {s['backend']} {s['size'][0]}x{s['size'][1]}, "
+        f"{s['frames']} frames ({s.get('unique_frames', s['frames'])} distinct) 1280x720 JPEG -> {s['variant']} "
+        f"{s['backend']} {s['size'][0]}x{s['size'][1]}, "
         f"batch {s['batch']}, pool {s['pool']}, fp16 shards of {s['shard_size']}, "
         f"{s['decode_workers']} decode threads per device; torch {machine['packages']['torch']}, "
         f"{machine['cpu_cores']} cores, {', '.join(g['name'] for g in machine['gpus']) or 'no GPU'}.",
         "",
         "| devices | images/s end to end | seconds end to end | worker startup s (imports + model + warm-up) "
-        "| worker seconds | images per worker-second |",
-        "|---|---|---|---|---|---|",
+        "| worker seconds | images per worker-second | fixed s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in (one, many):
         workers = ", ".join(f"{v:.1f}" for v in row["worker_seconds"].values())
@@ -165,7 +203,7 @@ def render(r: dict) -> str:
         )
         lines.append(
             f"| {len(row['devices'])} | {row['images_per_s_end_to_end']:.1f} | {row['seconds_end_to_end']:.1f} | "
-            f"{startup} | {workers} | {row['images_per_worker_second']:.1f} |"
+            f"{startup} | {workers} | {row['images_per_worker_second']:.1f} | {row['fixed_s']:.1f} |"
         )
     lines += [
         "",
@@ -175,7 +213,9 @@ def render(r: dict) -> str:
         f"({n * r['efficiency_data_path']:.2f}x with all {n} working).",
         "End to end: from opening the run (reading the weights) to the last worker's exit (process start, "
         "model load and warm-up included). Worker seconds: each worker's time after its model is loaded and "
-        "warm, taking shards from one queue until it is empty. Worker startup: from spawn to that point.",
+        "warm, taking shards from one queue until it is empty. Worker startup: from spawn to that point. "
+        "Fixed: end to end minus images / (devices x images per worker-second), the cost a longer run "
+        "does not repeat.",
     ]
     if r.get("first_run"):
         first = r["first_run"]
