@@ -11,10 +11,11 @@ and the data path's own rate: images per worker-second once the models are loade
 take shards from one queue, so they start and stop at different times: images / the slowest worker
 would charge one worker's late start to the whole run). Scaling efficiency: throughput_N / (N *
 throughput_1) end to end, and (images per worker-second)_N / (...)_1 for the data path. Each worker's
-startup is split into imports, model (checkpoint, runner) and warm-up (compile or kernel load, graph
-capture). Before each timed run the weights file and the compile caches are read once, untimed: a run
-writes gigabytes of features, which can push them out of the page cache, and the run that came second
-would then read them from disk while the first did not. Writes multi_gpu.json and multi_gpu.md.
+startup is split into imports, device (CUDA initialisation), model (checkpoint, runner) and warm-up
+(compile or kernel load, graph capture). Before each timed run the weights file and the compile caches
+are read once, untimed: a run writes gigabytes of features, which can push them out of the page cache,
+and the run that came second would then read them from disk while the first did not.
+Writes multi_gpu.json and multi_gpu.md.
 
     python benchmarks/multi_gpu_bench.py --devices cuda:0,cuda:1 --frames 8192 --out benchmarks/results/multi_gpu
     python benchmarks/multi_gpu_bench.py --devices cpu,cpu --variant tiny_vit --frames 32
@@ -191,14 +192,14 @@ def render(r: dict) -> str:
         f"{s['decode_workers']} decode threads per device; torch {machine['packages']['torch']}, "
         f"{machine['cpu_cores']} cores, {', '.join(g['name'] for g in machine['gpus']) or 'no GPU'}.",
         "",
-        "| devices | images/s end to end | seconds end to end | worker startup s (imports + model + warm-up) "
+        "| devices | images/s end to end | seconds end to end | worker startup s (imports + device + model + warm-up) "
         "| worker seconds | images per worker-second | fixed s |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in (one, many):
         workers = ", ".join(f"{v:.1f}" for v in row["worker_seconds"].values())
         startup = ", ".join(
-            f"{v['total']:.1f} ({v['imports']:.1f} + {v['model']:.1f} + {v['warmup']:.1f})"
+            f"{v['total']:.1f} ({v['imports']:.1f} + {v['device']:.1f} + {v['model']:.1f} + {v['warmup']:.1f})"
             for v in row["worker_startup_s"].values()
         )
         lines.append(

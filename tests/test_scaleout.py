@@ -186,7 +186,7 @@ def test_workers_take_shards_from_a_shared_queue(
         assert set(summary.timings) == set(summary.shards_by_worker) == {"worker0 cpu", "worker1 cpu"}
         assert set(summary.startup_by_worker) == set(summary.timings)
         for startup in summary.startup_by_worker.values():
-            parts = startup["imports"] + startup["model"] + startup["warmup"]
+            parts = startup["imports"] + startup["device"] + startup["model"] + startup["warmup"]
             assert 0 < startup["total"] < summary.seconds and abs(parts - startup["total"]) < 0.01, startup
         assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
 

@@ -64,13 +64,17 @@ class ExtractorSpec:
     # own to give a one-process run's bytes (Ray would otherwise pin an actor to its `num_cpus`)
     cpu_threads: int | None = None
 
-    def build(self, device: str) -> FeatureExtractor:
+    def place(self, device: str) -> None:
+        """Make `device` this process's own (for a GPU, CUDA initialises here); `build` does it too."""
         import torch
 
         if device == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
         elif device.startswith("cuda"):  # this process's GPU is its default: streams, graphs, compiled code
             torch.cuda.set_device(torch.device(device).index or 0)  # Ray actors name plain "cuda"
+
+    def build(self, device: str) -> FeatureExtractor:
+        self.place(device)
         return FeatureExtractor.open(
             weights=self.weights, onnx=self.onnx, engine=self.engine, variant=self.variant, backend=self.backend,
             size=self.size, batch_size=self.batch_size, device=device, cache_dir=self.cache_dir, workers=self.workers,
@@ -194,11 +198,14 @@ def _worker(
 
 def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue, spawned: float) -> None:
     entered = time.time()  # after the interpreter started and unpickled the arguments (importing this package)
+    spec.place(name.split()[-1])
+    placed = time.time()
     extractor = spec.build(name.split()[-1])
     built = time.time()
     with extractor:  # activation: the warm-up batch compiles or loads kernels and captures graphs
         now = time.time()
-        startup = {"imports": entered - spawned, "model": built - entered, "warmup": now - built}
+        startup = {"imports": entered - spawned, "device": placed - entered, "model": built - placed}
+        startup["warmup"] = now - built
         startup["total"] = now - spawned
         start = time.perf_counter()
         shards = _claimed(tasks)
@@ -224,7 +231,7 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
 
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
     seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then (imports,
-    model, warmup, total), and
+    device (CUDA initialisation), model, warmup, total), and
     `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than
     devices, the devices left over start no process.
     """
