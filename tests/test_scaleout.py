@@ -20,7 +20,7 @@ from PIL import Image
 from safetensors.numpy import load_file
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction import FeatureExtractor, list_items, plan_shards
+from lseg_trt.extraction import FeatureExtractor, list_items, multi_gpu, plan_shards
 from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, ExtractorSpec, parse_devices, run_devices, worker_context
 from lseg_trt.extraction.partition import Task, check_runs, parse_task, plan_task, task_of
 from lseg_trt.extraction.run import RunOptions, pending_shards, prepare_run
@@ -137,6 +137,25 @@ def test_devices_parsing() -> None:
     for bad in ("cuda:7", "tpu:0", "cpu,bogus"):
         with pytest.raises(LsegTrtError):
             parse_devices(bad)
+
+
+def test_gpu_workers_take_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two GPU workers that each ran every core on its own host's OpenMP threads loaded their models 5x
+    slower side by side (H200 pair; on this machine two such processes run a CPU loop 8x slower). No GPU
+    here: CUDA's `set_device` is the one stand-in, recording the index it is given."""
+    chosen: list[int] = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    threads = torch.get_num_threads()
+    try:
+        spec = multi_gpu.sharing_cores(ExtractorSpec(cpu_threads=threads), workers=2)
+        assert spec.gpu_threads == max(1, (os.cpu_count() or 1) // 2)
+        assert multi_gpu.sharing_cores(spec, workers=8) is spec  # a share set by the caller stays
+        ExtractorSpec(gpu_threads=1).place("cuda:1")
+        assert torch.get_num_threads() == 1 and chosen == [1]
+        ExtractorSpec(cpu_threads=threads, gpu_threads=1).place("cpu")  # CPU workers: the coordinator's count
+        assert torch.get_num_threads() == threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_worker_processes_match_one_process_and_resume_after_a_death(
