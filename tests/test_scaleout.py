@@ -143,15 +143,18 @@ def test_gpu_workers_take_their_share_of_the_cores(monkeypatch: pytest.MonkeyPat
     """Two GPU workers that each ran every core on its own host's OpenMP threads loaded their models 5x
     slower side by side (H200 pair; on this machine two such processes run a CPU loop 8x slower). No GPU
     here: CUDA's `set_device` is the one stand-in, recording the index it is given."""
+    import torch._inductor.config as inductor
+
     chosen: list[int] = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(inductor, "compile_threads", inductor.compile_threads)  # restored afterwards
     threads = torch.get_num_threads()
     try:
         spec = multi_gpu.sharing_cores(ExtractorSpec(cpu_threads=threads), workers=2)
         assert spec.gpu_threads == max(1, (os.cpu_count() or 1) // 2)
         assert multi_gpu.sharing_cores(spec, workers=8) is spec  # a share set by the caller stays
         ExtractorSpec(gpu_threads=1).place("cuda:1")
-        assert torch.get_num_threads() == 1 and chosen == [1]
+        assert torch.get_num_threads() == 1 and inductor.compile_threads == 1 and chosen == [1]
         ExtractorSpec(cpu_threads=threads, gpu_threads=1).place("cpu")  # CPU workers: the coordinator's count
         assert torch.get_num_threads() == threads
     finally:

@@ -66,7 +66,10 @@ class ExtractorSpec:
     cpu_threads: int | None = None
     # torch threads of a GPU worker: its share of the host's cores. Workers that each take every core
     # oversubscribe them, and OpenMP's spinning threads then crawl: side by side, two H200 workers loaded
-    # their model (a finiteness check and casts over 1.3 GB) in 11 s instead of 2.2 s alone.
+    # their model (a finiteness check and casts over 1.3 GB) in 11 s instead of 2.2 s alone. Inductor's
+    # compile processes get the same share: each compiled runner starts a pool of one per core, even when
+    # every kernel comes from its cache (their warm-up also grew side by side, 7.7 s to 9-12 s; the
+    # pool's share is not yet measured on the GPU host).
     gpu_threads: int | None = None
 
     def place(self, device: str) -> None:
@@ -77,7 +80,10 @@ class ExtractorSpec:
             torch.set_num_threads(self.cpu_threads)
         elif device.startswith("cuda"):  # this process's GPU is its default: streams, graphs, compiled code
             if self.gpu_threads:
+                import torch._inductor.config
+
                 torch.set_num_threads(self.gpu_threads)
+                torch._inductor.config.compile_threads = self.gpu_threads
             torch.cuda.set_device(torch.device(device).index or 0)  # Ray actors name plain "cuda"
 
     def build(self, device: str) -> FeatureExtractor:
