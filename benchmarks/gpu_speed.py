@@ -590,7 +590,7 @@ def _tuned_runner_class() -> type:
 
 def tasks(bench: Bench) -> Iterator[tuple[str, str, float, Callable[[], None]]]:
     """(section, label, estimated seconds, action) in priority order."""
-    compile_s = 30 if bench.cuda else 15  # H200, warm Triton cache: 9-19 s per backend and shape
+    compile_s = 30 if bench.cuda else 15  # H200 and H100: 9-21 s per backend and shape
     cases = bench.cases
     vit_cases = [c for c in cases if c.variant.startswith(("vit", "tiny_vit"))]
     first = vit_cases[0] if vit_cases else cases[0]

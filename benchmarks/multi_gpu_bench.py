@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import shutil
 import sys
@@ -47,17 +48,20 @@ from pipeline_bench import make_frames  # noqa: E402
 
 
 def linked_frames(folder: Path, count: int, unique: int, parts: int) -> None:
-    """`count` frame names in `folder`, hard links to `unique` synthesised frames (made beside it)."""
+    """`count` frame names in `folder`, hard links to `unique` synthesised frames (made beside it); a
+    folder left by an earlier call is kept only if it was made for the same two numbers."""
+    made = folder / "made.json"
+    if made.is_file() and json.loads(made.read_text()) == [count, unique]:
+        return
+    shutil.rmtree(folder, ignore_errors=True)
     source = folder.with_name(folder.name + "-unique")
     make_frames(source, unique, parts)
     distinct = sorted(source.rglob("*.jpg"))
-    if len(list(folder.rglob("*.jpg"))) == count:
-        return
-    shutil.rmtree(folder, ignore_errors=True)
     for i in range(count):
         target = folder / f"{i // 4096:03d}" / f"{i:07d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(distinct[i % len(distinct)], target)
+    made.write_text(json.dumps([count, unique]))
 
 
 def read_through(paths: list[Path]) -> None:
@@ -76,7 +80,8 @@ def measure(
     shutil.rmtree(out, ignore_errors=True)
     from torch._inductor.runtime.cache_dir_utils import cache_dir
 
-    read_through([Path(spec.weights), Path(cache_dir()), Path.home() / ".triton" / "cache"])
+    triton = os.environ.get("TRITON_CACHE_DIR") or Path.home() / ".triton" / "cache"
+    read_through([Path(spec.weights), Path(cache_dir()), Path(triton)])
     items = list_items(frames)
     shard_size = shard_size or ns.shard_size
     start = time.perf_counter()
@@ -96,8 +101,8 @@ def measure(
         "worker_seconds": workers,
         "images_per_worker_second": summary.done / sum(workers.values()),
         # what the run cost beyond its data path (opening the run, worker startup, the last shards' tail):
-        # a run of F frames takes about fixed_s + F / (len(devices) * images_per_worker_second)
-        "fixed_s": seconds - summary.done / (len(devices) * summary.done / sum(workers.values())),
+        # a run of F frames takes about fixed_s + F / (workers * images_per_worker_second)
+        "fixed_s": seconds - sum(workers.values()) / len(workers),
     }
 
 
@@ -199,12 +204,12 @@ def render(r: dict) -> str:
     for row in (one, many):
         workers = ", ".join(f"{v:.1f}" for v in row["worker_seconds"].values())
         startup = ", ".join(
-            f"{v['total']:.1f} ({v['imports']:.1f} + {v['device']:.1f} + {v['model']:.1f} + {v['warmup']:.1f})"
+            f"{v['total']:.1f} ({v['imports']:.1f} + {v.get('device', 0):.1f} + {v['model']:.1f} + {v['warmup']:.1f})"
             for v in row["worker_startup_s"].values()
         )
         lines.append(
             f"| {len(row['devices'])} | {row['images_per_s_end_to_end']:.1f} | {row['seconds_end_to_end']:.1f} | "
-            f"{startup} | {workers} | {row['images_per_worker_second']:.1f} | {row['fixed_s']:.1f} |"
+            f"{startup} | {workers} | {row['images_per_worker_second']:.1f} | {row.get('fixed_s', float('nan')):.1f} |"
         )
     lines += [
         "",

@@ -59,28 +59,40 @@ def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
     assert multi["many"]["worker_startup_s"] and multi["efficiency_data_path"] > 0
 
 
-def test_fp8_linears_quantise_like_e4m3() -> None:
+def test_fp8_linears_quantise_like_e4m3(monkeypatch: pytest.MonkeyPatch) -> None:
     """The fp8 candidate's arithmetic, on the CPU (`torch._scaled_mm` runs there too): the product keeps
     e4m3's precision (3 significand bits: a few per cent), no more and no less, and every ViT linear layer
-    is swapped. A lost or inverted scale moves the error far outside that band (0.97 with scales of 1)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
+    is swapped. A lost or inverted scale moves the error far outside that band (0.97 with scales of 1);
+    bf16 operands would stay below it (0.003)."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from fp8_linears import Fp8Linear, to_fp8_linears
 
     from lseg_trt.models import load_lseg
 
-    torch = pytest.importorskip("torch")
     generator = torch.Generator().manual_seed(0)
     linear = torch.nn.Linear(64, 48).to(torch.bfloat16)
     x = torch.randn(3, 7, 64, generator=generator, dtype=torch.float64)
     x[0, 0] *= 1e4  # an outlier token, far past e4m3's 448
     with torch.no_grad():
         exact = torch.nn.functional.linear(x, linear.weight.double(), linear.bias.double())
-        got = Fp8Linear(linear)(x.to(torch.bfloat16)).double()
+        fp8 = Fp8Linear(linear)
+        got = fp8(x.to(torch.bfloat16)).double()
     error = ((got - exact).norm(dim=-1) / exact.norm(dim=-1)).flatten()
+    assert fp8.weight.dtype == torch.float8_e4m3fn
     assert got.shape == exact.shape and bool(torch.isfinite(got).all())
-    assert 1e-3 < float(error.max()) < 0.08, error
+    assert 0.01 < float(error.max()) < 0.08, error
 
     encoder = load_lseg("random", variant="tiny_vit").image_encoder.to(torch.bfloat16)
     linears = sum(type(m) is torch.nn.Linear for m in encoder.modules())
     assert to_fp8_linears(encoder) == linears > 0
     assert not any(type(m) is torch.nn.Linear for m in encoder.modules())
+
+
+@pytest.mark.slow
+def test_oversubscription_bench_times_each_layout(tmp_path: Path) -> None:
+    run_script("oversubscription.py", str(tmp_path), "--variant", "tiny_vit")
+    record = json.loads((tmp_path / "oversubscription.json").read_text())
+    assert [len(seconds) for seconds in record["load_seconds"].values()] == [1, 2, 2]
+    assert all(s > 0 for seconds in record["load_seconds"].values() for s in seconds) and record["machine"]

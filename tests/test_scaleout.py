@@ -141,22 +141,30 @@ def test_devices_parsing() -> None:
 
 def test_gpu_workers_take_their_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two GPU workers that each ran every core on its own host's OpenMP threads loaded their models 5x
-    slower side by side (H200 pair; on this machine two such processes run a CPU loop 8x slower). No GPU
-    here: CUDA's `set_device` is the one stand-in, recording the index it is given."""
+    slower side by side (H200 pair; benchmarks/results/cpu-2026-11-26 reproduces it here). No GPU here:
+    CUDA's `set_device` is the one stand-in, recording the index it is given. A user's OMP_NUM_THREADS
+    or TORCHINDUCTOR_COMPILE_THREADS wins."""
     import torch._inductor.config as inductor
 
     chosen: list[int] = []
     monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    for variable in ("OMP_NUM_THREADS", "TORCHINDUCTOR_COMPILE_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(inductor, "compile_threads", inductor.compile_threads)  # restored afterwards
     threads = torch.get_num_threads()
     try:
         spec = multi_gpu.sharing_cores(ExtractorSpec(cpu_threads=threads), workers=2)
-        assert spec.gpu_threads == max(1, (os.cpu_count() or 1) // 2)
+        assert spec.gpu_threads == max(1, len(os.sched_getaffinity(0)) // 2)
         assert multi_gpu.sharing_cores(spec, workers=8) is spec  # a share set by the caller stays
         ExtractorSpec(gpu_threads=1).place("cuda:1")
         assert torch.get_num_threads() == 1 and inductor.compile_threads == 1 and chosen == [1]
         ExtractorSpec(cpu_threads=threads, gpu_threads=1).place("cpu")  # CPU workers: the coordinator's count
         assert torch.get_num_threads() == threads
+        monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
+        monkeypatch.setenv("TORCHINDUCTOR_COMPILE_THREADS", "3")
+        inductor.compile_threads = 5
+        ExtractorSpec(gpu_threads=1).place("cuda:0")
+        assert torch.get_num_threads() == threads and inductor.compile_threads == 5
     finally:
         torch.set_num_threads(threads)
 
@@ -210,6 +218,7 @@ def test_workers_take_shards_from_a_shared_queue(
         for startup in summary.startup_by_worker.values():
             parts = startup["imports"] + startup["device"] + startup["model"] + startup["warmup"]
             assert 0 < startup["total"] < summary.seconds and abs(parts - startup["total"]) < 0.01, startup
+            assert startup["threads"] == torch.get_num_threads()  # CPU workers: the coordinator's count
         assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
 
         for index in (3, 7):

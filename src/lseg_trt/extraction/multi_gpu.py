@@ -67,9 +67,10 @@ class ExtractorSpec:
     # torch threads of a GPU worker: its share of the host's cores. Workers that each take every core
     # oversubscribe them, and OpenMP's spinning threads then crawl: side by side, two H200 workers loaded
     # their model (a finiteness check and casts over 1.3 GB) in 11 s instead of 2.2 s alone. Inductor's
-    # compile processes get the same share: each compiled runner starts a pool of one per core, even when
-    # every kernel comes from its cache (their warm-up also grew side by side, 7.7 s to 9-12 s; the
-    # pool's share is not yet measured on the GPU host).
+    # compile pool gets the same share: each process that compiles starts one of min(32, cores) processes,
+    # even when every kernel comes from its cache (the warm-up also grew side by side, 7.7 s to 9-12 s;
+    # the pool's share is not yet measured on the GPU host). A user's OMP_NUM_THREADS or
+    # TORCHINDUCTOR_COMPILE_THREADS is kept.
     gpu_threads: int | None = None
 
     def place(self, device: str) -> None:
@@ -79,10 +80,11 @@ class ExtractorSpec:
         if device == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
         elif device.startswith("cuda"):  # this process's GPU is its default: streams, graphs, compiled code
-            if self.gpu_threads:
+            if self.gpu_threads and "OMP_NUM_THREADS" not in os.environ:
+                torch.set_num_threads(self.gpu_threads)
+            if self.gpu_threads and "TORCHINDUCTOR_COMPILE_THREADS" not in os.environ:
                 import torch._inductor.config
 
-                torch.set_num_threads(self.gpu_threads)
                 torch._inductor.config.compile_threads = self.gpu_threads
             torch.cuda.set_device(torch.device(device).index or 0)  # Ray actors name plain "cuda"
 
@@ -210,6 +212,8 @@ def _worker(
 
 
 def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, results: Queue, spawned: float) -> None:
+    import torch
+
     entered = time.time()  # after the interpreter started and unpickled the arguments (importing this package)
     spec.place(name.split()[-1])
     placed = time.time()
@@ -219,6 +223,7 @@ def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, resul
         now = time.time()
         startup = {"imports": entered - spawned, "device": placed - entered, "model": built - placed}
         startup["warmup"] = now - built
+        startup["threads"] = torch.get_num_threads()  # not a stage: which share of the cores it ran on
         startup["total"] = now - spawned
         start = time.perf_counter()
         shards = _claimed(tasks)
@@ -239,10 +244,12 @@ def _shard_indices(summary: Summary) -> list[int]:
 
 
 def sharing_cores(spec: ExtractorSpec, workers: int) -> ExtractorSpec:
-    """`spec` with GPU workers' torch threads set to their share of this host's cores, unless set."""
+    """`spec` with GPU workers' torch threads set to their share of the cores this process may use
+    (its affinity: a scheduler's limit), unless set."""
     if spec.gpu_threads is not None:
         return spec
-    return dataclasses.replace(spec, gpu_threads=max(1, (os.cpu_count() or 1) // max(1, workers)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return dataclasses.replace(spec, gpu_threads=max(1, cores // max(1, workers)))
 
 
 def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec], output: RunOutput) -> Summary:
@@ -251,7 +258,7 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
 
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
     seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then (imports,
-    device (CUDA initialisation), model, warmup, total), and
+    device (CUDA initialisation), model, warmup, total) and its torch threads, and
     `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than
     devices, the devices left over start no process.
     """
