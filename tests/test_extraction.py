@@ -212,6 +212,30 @@ def test_interrupted_run_resumes_to_the_same_bytes(
     assert _shard_bytes(cut) == _shard_bytes(whole.run_dir)
 
 
+@pytest.mark.parametrize("format", ["shards", "npy"])
+def test_resume_redoes_shards_whose_stored_features_are_gone_or_damaged(
+    extractor: FeatureExtractor, folder: Path, tmp_path: Path, format: str
+) -> None:
+    """A manifest says a shard was written, not that its file is still whole: a truncated shard file and a
+    deleted feature file are extracted again, and the run ends with the bytes of an undamaged one."""
+    images = folder / "cam0"  # four readable images, one shard each
+    whole = extract(extractor, images, tmp_path / "whole", shard_size=1, format=format, progress=False)
+    run = extract(extractor, images, tmp_path / "hurt", shard_size=1, format=format, progress=False).run_dir
+    stored = sorted(p for p in run.parent.rglob("*") if p.suffix in (".safetensors", ".npy"))
+    if format == "shards":
+        stored = [p for p in stored if p.is_relative_to(run)]
+    assert len(stored) == 4
+    stored[0].write_bytes(stored[0].read_bytes()[:-64])  # cut short, as a full disk or a killed copy leaves it
+    stored[-1].unlink()
+    resumed = extract(extractor, images, tmp_path / "hurt", shard_size=1, format=format, progress=False, resume=True)
+    assert resumed.ok and resumed.done == 2 and resumed.skipped == 2
+
+    def features(run_dir: Path) -> dict[str, bytes]:
+        return {name: np.asarray(array).tobytes() for name, array in open_features(run_dir).items()}
+
+    assert features(run) == features(whole.run_dir) and len(features(run)) == 4
+
+
 def test_nan_weights_are_recorded_not_written(tiny_vit: LSeg, folder: Path, tmp_path: Path) -> None:
     broken = copy.deepcopy(tiny_vit)
     with torch.no_grad():

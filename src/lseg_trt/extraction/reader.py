@@ -26,13 +26,15 @@ class FeatureSet(Mapping[str, np.ndarray]):
     """Item name -> stored features (1, C, H, W) of the items a run finished (`status` done).
 
     `settings` is the run's `run.json`, `records` every manifest line (failed items included), and
-    `pca` the stored basis when the run projected its features.
+    `pca` the stored basis when the run projected its features. `manifest`: the run's, when the caller
+    has read it already.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, manifest: dict[int, list[dict]] | None = None) -> None:
         self.run_dir = run_dir
         self.settings = read_settings(run_dir)
-        self.records = [r for shard in read_manifest(run_dir).values() for r in shard]
+        manifest = read_manifest(run_dir) if manifest is None else manifest
+        self.records = [r for shard in manifest.values() for r in shard]
         self.done = {r["name"]: r for r in self.records if r["status"] == "done"}
         self.shards: dict[Path, np.memmap] = {}
         self.files: dict[str, Path] = {}  # a record's file, checked to lie inside the run once per file

@@ -25,6 +25,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.extractor import FeatureExtractor
 from lseg_trt.extraction.manifest import RunLayout, read_manifest, start_run, write_shard_manifest
 from lseg_trt.extraction.pipeline import STAGES, Lane, Timings, background, batches, decode_ahead
+from lseg_trt.extraction.reader import FeatureSet
 from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca
 from lseg_trt.extraction.sources import Item, Source, scan
 from lseg_trt.extraction.writers import ShardWriter, WriterPool, shard_writer
@@ -287,17 +288,27 @@ def extract_shard(extractor: FeatureExtractor, shard: ShardSpec, output: RunOutp
 
 def pending_shards(shards: list[ShardSpec], output: RunOutput) -> list[ShardSpec]:
     """Shards not finished: without a manifest, with an item whose source (name, size, mtime) changed
-    since it was written, or with an item not `done`. Failed and non-finite items are tried again, so
-    a resume reports them again (and fails again) instead of passing on an earlier run's failures; a
-    file fixed in place, or a fixed network, then gives features."""
+    since it was written, with an item not `done`, or with stored features that are gone or cannot be
+    read (a manifest vouches for what was written, not for what a disk or a person left since). Failed
+    and non-finite items are tried again, so a resume reports them again (and fails again) instead of
+    passing on an earlier run's failures; a file fixed in place, or a fixed network, then gives features."""
     finished = read_manifest(output.layout.run_dir)
-    return [shard for shard in shards if not _finished(shard, finished.get(shard.index))]
+    stored = FeatureSet(output.layout.run_dir, finished)
+    return [shard for shard in shards if not _finished(shard, finished.get(shard.index), stored)]
 
 
-def _finished(shard: ShardSpec, records: list[dict] | None) -> bool:
+def _finished(shard: ShardSpec, records: list[dict] | None, stored: FeatureSet) -> bool:
     if records is None or [r.get("name") for r in records] != [i.name for i in shard.items]:
         return False
-    return all(r.get("status") == "done" and i.unchanged(r) for i, r in zip(shard.items, records, strict=True))
+    if not all(r.get("status") == "done" and i.unchanged(r) for i, r in zip(shard.items, records, strict=True)):
+        return False
+    try:
+        for item in shard.items:  # maps each file once; a missing or truncated one fails here
+            stored[item.name]
+    except LsegTrtError as e:
+        log.warning("shard %d is extracted again: %s", shard.index, e)
+        return False
+    return True
 
 
 def fit_run_pca(extractor: FeatureExtractor, items: list[Item], k: int, pool: int, frames: int = 16) -> PCABasis:
