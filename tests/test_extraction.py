@@ -373,3 +373,39 @@ def test_shared_run_keeps_other_processes_temporaries(
     assert other.exists()
     prepare_run(extractor, items, tmp_path, options)  # a run of its own cleans up
     assert not other.exists()
+
+
+def test_a_cancelled_writer_stops_even_if_its_stop_marker_is_lost(monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a Ctrl-C of a `--devices` run a worker once waited for ever on a writer thread that sat on an
+    empty queue. Whatever lost the marker, cancel must end: here the first marker offered vanishes, the
+    running task finishes, the queued one is dropped."""
+    import threading
+    import time
+
+    from lseg_trt.extraction.writers import Background
+
+    writer = Background(depth=4)
+    ran: list[str] = []
+    started = threading.Event()
+    writer.submit(lambda: (started.set(), time.sleep(0.2), ran.append("running")))
+    writer.submit(lambda: ran.append("queued"))
+    assert started.wait(timeout=10)
+    lost: list[None] = []
+    put, put_nowait = writer.tasks.put, writer.tasks.put_nowait
+
+    def losing(put_one):  # noqa: ANN001, ANN202
+        def offer(item, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+            if item is None and not lost:
+                lost.append(item)
+                return None
+            return put_one(item, *args, **kwargs)
+
+        return offer
+
+    monkeypatch.setattr(writer.tasks, "put", losing(put))
+    monkeypatch.setattr(writer.tasks, "put_nowait", losing(put_nowait))
+    cancelling = threading.Thread(target=writer.cancel, daemon=True)
+    cancelling.start()
+    cancelling.join(timeout=10)
+    assert not cancelling.is_alive() and not writer.thread.is_alive()
+    assert lost and ran == ["running"]

@@ -9,6 +9,7 @@ format allows. Equal inputs give equal bytes, so a shard redone after a kill is 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -162,16 +163,18 @@ class Background:
         self.blocked += time.perf_counter() - start
 
     def cancel(self) -> None:
-        """Drop queued tasks, let the running one finish, stop the thread; errors are not raised."""
+        """Drop queued tasks, let the running one finish, stop the thread; errors are not raised.
+
+        The stop marker is offered again until the thread has taken it: after a Ctrl-C of a whole
+        `--devices` run, one worker once waited for ever for a writer that sat on an empty queue (one hang
+        in about a dozen tries; the interleaving that lost the marker was not found)."""
         self.cancelled = True
-        while True:
-            try:
-                self.tasks.get_nowait()
-            except queue.Empty:
-                break
-        if self.thread.is_alive():
-            self.tasks.put(None)
-            self.thread.join()
+        while self.thread.is_alive():
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    self.tasks.get_nowait()
+            self.tasks.put_nowait(None)  # just emptied, and only this thread puts
+            self.thread.join(timeout=0.1)
 
     def close(self) -> None:
         """Wait for every queued task; raise the first error."""
