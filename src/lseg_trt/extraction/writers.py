@@ -9,7 +9,6 @@ format allows. Equal inputs give equal bytes, so a shard redone after a kill is 
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -142,7 +141,13 @@ class Background:
         self.thread.start()
 
     def _run(self) -> None:
-        while (task := self.tasks.get()) is not None:
+        while not self.cancelled:
+            try:
+                task = self.tasks.get(timeout=0.1)  # and look at `cancelled` again: see `cancel`
+            except queue.Empty:
+                continue
+            if task is None:
+                return
             if self.error is None and not self.cancelled:
                 try:
                     task()
@@ -162,19 +167,18 @@ class Background:
         self.tasks.put(task)
         self.blocked += time.perf_counter() - start
 
-    def cancel(self) -> None:
-        """Drop queued tasks, let the running one finish, stop the thread; errors are not raised.
+    def cancel(self, deadline_s: float = 30.0) -> None:
+        """Stop the thread after its running task; queued tasks are dropped, errors are not raised.
 
-        The stop marker is offered again until the thread has taken it: after a Ctrl-C of a whole
-        `--devices` run, one worker once waited for ever for a writer that sat on an empty queue (one hang
-        in about a dozen tries; the interleaving that lost the marker was not found)."""
+        Only a flag, never the queue: a Ctrl-C lands in the producer, possibly inside the queue's own
+        code. It can lose a wake-up there (raised between a waiter's release and its removal, it leaves a
+        stale waiter that a later stop marker wakes instead of the thread: a whole `--devices` run once
+        hung this way), or leave the queue's lock held, which a drain would then wait on for ever. The
+        thread sees the flag within 0.1 s; past `deadline_s` it is left behind (a daemon) with a warning."""
         self.cancelled = True
-        while self.thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                while True:
-                    self.tasks.get_nowait()
-            self.tasks.put_nowait(None)  # just emptied, and only this thread puts
-            self.thread.join(timeout=0.1)
+        self.thread.join(timeout=deadline_s)
+        if self.thread.is_alive():
+            log.warning("%s: a writer thread did not stop within %.0f s; left behind", self.thread.name, deadline_s)
 
     def close(self) -> None:
         """Wait for every queued task; raise the first error."""
