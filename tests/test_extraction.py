@@ -25,6 +25,7 @@ from lseg_trt.backends.torch import TorchRunner
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction import FeatureExtractor, Reduction, extract, fit_pca, open_features, reduction_fidelity
 from lseg_trt.extraction import run as run_module
+from lseg_trt.extraction.manifest import read_manifest
 from lseg_trt.extraction.preprocess import gpu_vs_pil, network_input
 from lseg_trt.extraction.sources import list_items, scan
 from lseg_trt.extraction.writers import Background
@@ -229,10 +230,18 @@ def test_resume_redoes_shards_whose_stored_features_are_gone_or_damaged(
     if format == "shards":
         stored = [p for p in stored if p.is_relative_to(run)]
     assert len(stored) == 4
+    features = open_features(run)
+    open_before = len(os.listdir("/proc/self/fd"))
+    assert all(features.damaged(records) is None for records in read_manifest(run).values())
+    assert len(os.listdir("/proc/self/fd")) == open_before and not features.shards  # a check keeps none open
     stored[0].write_bytes(stored[0].read_bytes()[:-64])  # cut short, as a full disk or a killed copy leaves it
+    # a header length far past the file's end (reading would allocate it), or an empty npy file
+    stored[1].write_bytes((2**40).to_bytes(8, "little") + b"{}" if format == "shards" else b"")
     stored[-1].unlink()
+    with pytest.raises(LsegTrtError):  # one line, not a MemoryError or EOFError traceback
+        open_features(run)[sorted(open_features(run).done)[1]]
     resumed = extract(extractor, images, tmp_path / "hurt", shard_size=1, format=format, progress=False, resume=True)
-    assert resumed.ok and resumed.done == 2 and resumed.skipped == 2
+    assert resumed.ok and resumed.done == 3 and resumed.skipped == 1
 
     def features(run_dir: Path) -> dict[str, bytes]:
         return {name: np.asarray(array).tobytes() for name, array in open_features(run_dir).items()}

@@ -50,8 +50,30 @@ class FeatureSet(Mapping[str, np.ndarray]):
             if self.settings["format"] == "npy":
                 return np.load(self._file(record["file"]), mmap_mode="r")
             return self._shard_tensor(self._file(record["file"]), record["key"])
-        except (KeyError, TypeError, ValueError, OverflowError, OSError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError, OSError, EOFError) as e:
             raise LsegTrtError(f"cannot read the features of {name} in {self.run_dir}: {e!r}") from None
+
+    def damaged(self, records: list[dict]) -> str | None:
+        """Why the stored features of these records are not whole (a file gone or cut short, a key
+        missing), or None. Reads headers only and keeps no file open, so `--resume` can check a run of
+        any number of shards (mapping each, as reading does, ran out of file descriptors)."""
+        by_file: dict[str, list[str]] = {}
+        for record in records:
+            by_file.setdefault(record.get("file"), []).append(record.get("key"))
+        for file, keys in by_file.items():
+            try:
+                path = self._file(file)
+                if self.settings["format"] == "npy":
+                    _npy_whole(path)
+                else:
+                    header, offset, size = _shard_header(path)
+                    missing = [k for k in keys if k not in header]
+                    ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
+                    if missing or offset + max(ends, default=0) > size:
+                        return f"{path}: cut short, or without {', '.join(map(str, missing[:3]))}"
+            except (KeyError, TypeError, ValueError, OverflowError, OSError, EOFError, LsegTrtError) as e:
+                return f"{file}: {e}"
+        return None
 
     def _file(self, file: str) -> Path:
         """A manifest is a file on disk, not trusted to name one outside its run (shards) or model tree
@@ -70,10 +92,8 @@ class FeatureSet(Mapping[str, np.ndarray]):
     def _shard(self, path: Path) -> tuple[dict, np.memmap]:
         if path not in self.shards:
             try:
-                with open(path, "rb") as fh:
-                    length = int.from_bytes(fh.read(8), "little")
-                    header = json.loads(fh.read(length))
-                data = np.memmap(path, dtype=np.uint8, mode="r", offset=8 + length)
+                header, offset, _ = _shard_header(path)
+                data = np.memmap(path, dtype=np.uint8, mode="r", offset=offset)
             except (OSError, ValueError) as e:
                 raise LsegTrtError(f"cannot read feature shard {path}: {e}") from None
             self.shards[path] = (header, data)  # type: ignore[assignment]
@@ -84,6 +104,34 @@ class FeatureSet(Mapping[str, np.ndarray]):
 
     def __len__(self) -> int:
         return len(self.done)
+
+
+def _shard_header(path: Path) -> tuple[dict, int, int]:
+    """A safetensors file's header, where its data starts, and the file's size; a header length past the
+    file's end (a cut or foreign file) is refused before it is read, not allocated."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        length = int.from_bytes(fh.read(8), "little")
+        if size < 8 or length > size - 8:
+            raise LsegTrtError(f"{path} is not a whole safetensors file ({size} bytes, header of {length})")
+        header = json.loads(fh.read(length))
+    if not isinstance(header, dict):
+        raise LsegTrtError(f"{path}: its safetensors header is not a table")
+    return header, 8 + length, size
+
+
+def _npy_whole(path: Path) -> None:
+    """Raise unless the npy file holds as many bytes as its header promises."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:
+            raise LsegTrtError(f"{path}: npy version {version}, not one this package writes")
+        shape, _, dtype = read_header[version](fh)
+        need = fh.tell() + int(np.prod(shape)) * dtype.itemsize
+    if size < need:
+        raise LsegTrtError(f"{path} holds {size} bytes, its header promises {need}")
 
 
 def open_features(path: str | Path) -> FeatureSet:
