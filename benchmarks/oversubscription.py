@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -60,9 +59,10 @@ def main() -> None:
     if ns.out is None:
         p.error("OUT is required")
     from lseg_trt import hwinfo
+    from lseg_trt.extraction.extractor import usable_cores
     from lseg_trt.reports import write_result
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cores()
     share = max(1, cores // ns.workers)
     with tempfile.TemporaryDirectory(prefix="lseg-oversub-") as scratch:
         weights = ns.weights

@@ -38,6 +38,11 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a scheduler's limit) where the OS has one."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 class FeatureExtractor:
     """Dense LSeg features of images at one network size, computed on the runner's device.
 

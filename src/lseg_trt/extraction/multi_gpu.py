@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction.extractor import FeatureExtractor, default_workers
+from lseg_trt.extraction.extractor import FeatureExtractor, default_workers, usable_cores
 from lseg_trt.extraction.manifest import read_manifest
 from lseg_trt.extraction.run import RunOutput, ShardSpec, Summary, run_shards
 
@@ -74,7 +74,7 @@ class ExtractorSpec:
     gpu_threads: int | None = None
 
     def place(self, device: str) -> None:
-        """Make `device` this process's own (for a GPU, CUDA initialises here); `build` does it too."""
+        """Make `device` this process's own (for a GPU, CUDA initialises here)."""
         import torch
 
         if device == "cpu" and self.cpu_threads:
@@ -90,6 +90,10 @@ class ExtractorSpec:
 
     def build(self, device: str) -> FeatureExtractor:
         self.place(device)
+        return self.open_on(device)
+
+    def open_on(self, device: str) -> FeatureExtractor:
+        """The extractor on `device`, already placed (`place`)."""
         return FeatureExtractor.open(
             weights=self.weights, onnx=self.onnx, engine=self.engine, variant=self.variant, backend=self.backend,
             size=self.size, batch_size=self.batch_size, device=device, cache_dir=self.cache_dir, workers=self.workers,
@@ -215,9 +219,10 @@ def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, resul
     import torch
 
     entered = time.time()  # after the interpreter started and unpickled the arguments (importing this package)
-    spec.place(name.split()[-1])
+    device = name.split()[-1]
+    spec.place(device)
     placed = time.time()
-    extractor = spec.build(name.split()[-1])
+    extractor = spec.open_on(device)
     built = time.time()
     with extractor:  # activation: the warm-up batch compiles or loads kernels and captures graphs
         now = time.time()
@@ -248,8 +253,7 @@ def sharing_cores(spec: ExtractorSpec, workers: int) -> ExtractorSpec:
     (its affinity: a scheduler's limit), unless set."""
     if spec.gpu_threads is not None:
         return spec
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return dataclasses.replace(spec, gpu_threads=max(1, cores // max(1, workers)))
+    return dataclasses.replace(spec, gpu_threads=max(1, usable_cores() // max(1, workers)))
 
 
 def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec], output: RunOutput) -> Summary:

@@ -67,10 +67,12 @@ class FeatureSet(Mapping[str, np.ndarray]):
                     _npy_whole(path)
                 else:
                     header, offset, size = _shard_header(path)
-                    missing = [k for k in keys if k not in header]
+                    missing = [str(k) for k in keys if k not in header]
+                    if missing:
+                        return f"{path}: holds no {', '.join(missing[:3])}"
                     ends = [entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"]
-                    if missing or offset + max(ends, default=0) > size:
-                        return f"{path}: cut short, or without {', '.join(map(str, missing[:3]))}"
+                    if offset + max(ends, default=0) > size:
+                        return f"{path}: cut short ({size} bytes, its header needs {offset + max(ends)})"
             except (KeyError, TypeError, ValueError, OverflowError, OSError, EOFError, LsegTrtError) as e:
                 return f"{file}: {e}"
         return None
