@@ -26,9 +26,14 @@ def child(weights: str, variant: str, threads: int) -> None:
 
     torch.set_num_threads(threads)
     from lseg_trt.artifacts import open_model
+    from lseg_trt.errors import LsegTrtError
 
     started = time.perf_counter()
-    open_model(weights=weights, variant=variant)
+    try:
+        open_model(weights=weights, variant=variant)
+    except LsegTrtError as e:  # a bad --weights: one line from each process, not a traceback
+        print(f"oversubscription.py: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(MARK + json.dumps(time.perf_counter() - started), flush=True)
 
 
@@ -41,7 +46,8 @@ def side_by_side(weights: str, variant: str, threads: int, processes: int) -> li
         out, _ = process.communicate(timeout=600)
         seconds += [json.loads(line[len(MARK) :]) for line in out.splitlines() if line.startswith(MARK)]
     if len(seconds) != processes:
-        raise SystemExit(f"a load process failed ({len(seconds)} of {processes} reported)")
+        print(f"oversubscription.py: a load process failed ({len(seconds)} of {processes} reported)", file=sys.stderr)
+        raise SystemExit(2)
     return seconds
 
 
