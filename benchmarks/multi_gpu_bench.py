@@ -93,6 +93,7 @@ def measure(
     workers = {k: v for k, v in summary.timings.items() if k.startswith("worker")}
     return {
         "worker_startup_s": summary.startup_by_worker,
+        "worker_stages_s": summary.stages_by_worker,
         "devices": devices,
         "images": summary.done,
         "ok": summary.ok,
@@ -223,6 +224,20 @@ def render(r: dict) -> str:
         "Fixed: end to end minus images / (devices x images per worker-second), the cost a longer run "
         "does not repeat.",
     ]
+    stages = ("compute", "wait_input", "wait_write", "write", "commit")
+    lines += [
+        "",
+        "Where each worker's seconds went (the pipeline's stages overlap, so they do not add up to its worker "
+        "seconds; wait_input: the GPU loop waiting for decoded frames, wait_write: waiting for room in the "
+        "writers' queues, commit: making each finished shard durable, fsync'ed):",
+        "",
+        "| devices | worker | " + " | ".join(stages) + " |",
+        "|---|---|" + "---|" * len(stages),
+    ]
+    for row in (one, many):
+        for worker, seconds in row.get("worker_stages_s", {}).items():
+            cells = " | ".join(f"{seconds.get(stage, 0.0):.2f}" for stage in stages)
+            lines.append(f"| {len(row['devices'])} | {worker} | {cells} |")
     if r.get("first_run"):
         first = r["first_run"]
         startup = ", ".join(f"{k} {v['total']:.1f}" for k, v in first["worker_startup_s"].items())

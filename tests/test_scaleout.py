@@ -23,6 +23,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction import FeatureExtractor, list_items, multi_gpu, plan_shards
 from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, ExtractorSpec, parse_devices, run_devices, worker_context
 from lseg_trt.extraction.partition import Task, check_runs, parse_task, plan_task, task_of
+from lseg_trt.extraction.pipeline import STAGES
 from lseg_trt.extraction.run import RunOptions, pending_shards, prepare_run
 
 RUN = Path("torch/tiny_vit/tiny_vit/64x96-shards.run")
@@ -219,6 +220,11 @@ def test_workers_take_shards_from_a_shared_queue(
             parts = startup["imports"] + startup["device"] + startup["model"] + startup["warmup"]
             assert 0 < startup["total"] < summary.seconds and abs(parts - startup["total"]) < 0.01, startup
             assert startup["threads"] == torch.get_num_threads()  # CPU workers: the coordinator's count
+        assert set(summary.stages_by_worker) == set(summary.timings)
+        for name, stages in summary.stages_by_worker.items():  # where each worker's time went, reported back
+            assert set(STAGES) <= set(stages), stages
+            if summary.shards_by_worker[name]:  # it computed and made durable (fsync'ed) at least one shard
+                assert min(stages["compute"], stages["commit"]) > 0, stages
         assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
 
         for index in (3, 7):

@@ -232,20 +232,21 @@ def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, resul
         startup["total"] = now - spawned
         start = time.perf_counter()
         shards = _claimed(tasks)
-        written: list[int] = []
+        summaries: list[Summary] = []
         if os.environ.get(FAIL_ONCE_ENV):
             # the first shard runs alone and the next is taken before the exit, so the exit falls between
             # two shards while this worker holds one, as a worker that dies mid-run does
-            written += _shard_indices(run_shards(extractor, itertools.islice(shards, 1), output, progress=False))
+            summaries.append(run_shards(extractor, itertools.islice(shards, 1), output, progress=False))
             taken = list(itertools.islice(shards, 1))
             fail_once_here()
             shards = itertools.chain(taken, shards)
-        written += _shard_indices(run_shards(extractor, shards, output, progress=False))
-        results.put((name, time.perf_counter() - start, written, startup))
-
-
-def _shard_indices(summary: Summary) -> list[int]:
-    return sorted({record["shard"] for record in summary.records})
+        summaries.append(run_shards(extractor, shards, output, progress=False))
+        written = sorted({record["shard"] for summary in summaries for record in summary.records})
+        stages: dict[str, float] = {}
+        for summary in summaries:
+            for stage, seconds in summary.timings.items():
+                stages[stage] = stages.get(stage, 0.0) + seconds
+        results.put((name, time.perf_counter() - start, written, startup, stages))
 
 
 def sharing_cores(spec: ExtractorSpec, workers: int) -> ExtractorSpec:
@@ -263,8 +264,9 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     The summary's records come from the manifests the workers wrote; `timings` holds each worker's
     seconds after its model is loaded and warm, `startup_by_worker` its seconds from spawn to then (imports,
     device (CUDA initialisation), model, warmup, total) and its torch threads, and
-    `shards_by_worker` the shards it wrote, all keyed `worker<w> <device>`. With fewer shards than
-    devices, the devices left over start no process.
+    `shards_by_worker` the shards it wrote, `stages_by_worker` its seconds per pipeline stage (where its
+    time went: waiting for input or for the disk, the shards' fsyncs), all keyed `worker<w> <device>`.
+    With fewer shards than devices, the devices left over start no process.
     """
     start_worker_server()  # never started lazily by the first worker, without the safe path
     context = worker_context()
@@ -285,9 +287,10 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     log.info("%d shards on %d worker(s): %s", len(shards), len(processes), ", ".join(processes))
     reports = _reports(processes, results)
     summary = Summary(output.layout.run_dir, seconds=time.perf_counter() - start)
-    for name, seconds, written, startup in reports:
+    for name, seconds, written, startup, stages in reports:
         summary.timings[name] = round(seconds, 4)
         summary.startup_by_worker[name] = {stage: round(s, 3) for stage, s in startup.items()}
+        summary.stages_by_worker[name] = {stage: round(s, 3) for stage, s in stages.items()}
         summary.shards_by_worker[name] = written
         log.info("%s: ready after %.1f s, %d shards in %.1f s", name, startup["total"], len(written), seconds)
     dead = [(name.split()[-1], p.exitcode) for name, p in processes.items() if p.exitcode != 0]
@@ -297,10 +300,10 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     return summary_from_manifests(summary, shards, output.layout.run_dir)
 
 
-def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int], dict]]:
-    """Each finished worker's (name, seconds, shards written, startup seconds by stage), read while the workers run:
-    a child cannot exit before its queued report has gone through the pipe (64 KiB on Linux; a long shard
-    list is more), so joining first could wait for ever."""
+def _reports(processes: dict[str, BaseProcess], results: Queue) -> list[tuple[str, float, list[int], dict, dict]]:
+    """Each finished worker's (name, seconds, shards written, startup seconds by stage, pipeline seconds by
+    stage), read while the workers run: a child cannot exit before its queued report has gone through the
+    pipe (64 KiB on Linux; a long shard list is more), so joining first could wait for ever."""
     reports = []
     while any(p.is_alive() for p in processes.values()) or len(reports) < len(processes):
         try:

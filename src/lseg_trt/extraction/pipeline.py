@@ -28,7 +28,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.sources import Item, decode, decode_video
 
 Decoded = tuple[Item, np.ndarray | LsegTrtError]
-STAGES = ("decode", "upload", "compute", "download", "write")
+STAGES = ("decode", "upload", "compute", "download", "write", "commit")  # commit: a finished shard made durable
 
 
 class Timings:

@@ -119,6 +119,7 @@ class Summary:
     records: list[dict] = field(default_factory=list)
     shards_by_worker: dict[str, list[int]] = field(default_factory=dict)  # worker processes: who wrote what
     startup_by_worker: dict[str, dict[str, float]] = field(default_factory=dict)  # worker processes: spawn to ready
+    stages_by_worker: dict[str, dict[str, float]] = field(default_factory=dict)  # worker processes: `timings` each
 
     @property
     def ok(self) -> bool:
@@ -226,7 +227,7 @@ def run_shards(
     def commit(state: _ShardState) -> None:
         begin = time.perf_counter()
         committed.extend(state.commit())
-        timings.add("write", time.perf_counter() - begin)
+        timings.add("commit", time.perf_counter() - begin)  # the fsyncs: where a shared disk makes workers wait
 
     try:
         # the decoder and the batcher both read the shards, on the collate thread; `arrived` hands each
