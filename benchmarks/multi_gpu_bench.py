@@ -38,6 +38,7 @@ import torch
 import lseg_trt
 from lseg_trt import hwinfo
 from lseg_trt.extraction import list_items, plan_shards
+from lseg_trt.extraction.extractor import usable_cores
 from lseg_trt.extraction.multi_gpu import ExtractorSpec, parse_devices, run_devices, start_worker_server
 from lseg_trt.extraction.run import RunOptions, prepare_run
 from lseg_trt.reports import write_result
@@ -139,7 +140,7 @@ def main() -> None:
     devices = parse_devices(ns.devices)
     start_worker_server()  # as `lseg-trt extract --devices` does, before its own preparation
     ns.shard_size = max(1, min(ns.shard_size, ns.frames // (4 * len(devices))))
-    cores = os.cpu_count() or 2
+    cores = usable_cores()
     workers = ns.workers or max(1, min(8, cores // len(devices) - 1))
     size = parse_size(ns.size)
     work = Path(ns.work or tempfile.mkdtemp(prefix="lseg-multi-gpu-"))

@@ -170,6 +170,20 @@ def test_gpu_workers_take_their_share_of_the_cores(monkeypatch: pytest.MonkeyPat
         torch.set_num_threads(threads)
 
 
+def test_decode_threads_count_the_cores_a_scheduler_gave(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A task given 4 of a host's 64 cores (SLURM's --cpus-per-task, taskset) decodes on 3 threads, not 8.
+    The OS is asked through os.sched_getaffinity: on this 2-core machine only a stand-in can give 4."""
+    from lseg_trt.extraction.extractor import default_workers
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(4)))
+    assert default_workers() == 3
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert default_workers() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    assert default_workers() == 8
+
+
 def test_worker_processes_match_one_process_and_resume_after_a_death(
     cli: Callable[..., Any],
     args: Callable[..., list[str]],

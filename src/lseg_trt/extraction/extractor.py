@@ -34,13 +34,15 @@ log = logging.getLogger(__name__)
 BatchLike = torch.Tensor | Sequence[str | Path | np.ndarray | Image.Image]
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-
 def usable_cores() -> int:
     """The cores this process may run on: its CPU affinity (a scheduler's limit) where the OS has one."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """Decode threads: one core is left to the loop that feeds the device; more than 8 gained nothing
+    measured. Counted on the cores this process may use, so a SLURM task of 4 cores does not start 8."""
+    return max(1, min(8, usable_cores() - 1))
 
 
 class FeatureExtractor:
