@@ -31,7 +31,7 @@ MARK = "REGIONAL "
 MODES = ("whole", "regional")
 
 
-def child(mode: str, device_name: str, size: tuple[int, int], precision: str, iterations: int) -> None:
+def child(mode: str, variant: str, device_name: str, size: tuple[int, int], precision: str, iterations: int) -> None:
     started = time.perf_counter()
     import torch
 
@@ -41,7 +41,7 @@ def child(mode: str, device_name: str, size: tuple[int, int], precision: str, it
 
     device = torch.device(device_name)
     torch.manual_seed(0)
-    model = placed_encoder(load_lseg("random", variant="vit_l16").image_encoder, device, precision)
+    model = placed_encoder(load_lseg("random", variant=variant).image_encoder, device, precision)
     if mode == "whole":
         fn = torch.compile(model, dynamic=False)
     else:
@@ -67,7 +67,8 @@ def child(mode: str, device_name: str, size: tuple[int, int], precision: str, it
 
 def run_child(mode: str, cache: Path, ns: argparse.Namespace) -> dict:
     env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
-    command = [sys.executable, __file__, "--child", mode, "--device", ns.device, "--size", ns.size]
+    command = [sys.executable, __file__, "--child", mode, "--variant", ns.variant, "--device", ns.device]
+    command += ["--size", ns.size]
     command += ["--precision", ns.precision, "--iterations", str(ns.iterations)]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, check=False)
@@ -82,6 +83,7 @@ def run_child(mode: str, cache: Path, ns: argparse.Namespace) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("out", type=Path, nargs="?")
+    p.add_argument("--variant", default="vit_l16", help="a ViT variant (tiny_vit: the CPU smoke test)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", default="224x224", help="HxW, batch 1")
     p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 [fp16 on a GPU, fp32 on a CPU]")
@@ -95,7 +97,7 @@ def main() -> None:
     ns.precision = ns.precision or ("fp16" if cuda else "fp32")
     ns.iterations = ns.iterations or (30 if cuda else 5)
     if ns.child is not None:
-        child(ns.child, ns.device, size, ns.precision, ns.iterations)
+        child(ns.child, ns.variant, ns.device, size, ns.precision, ns.iterations)
         return
     if ns.out is None:
         p.error("OUT is required")
@@ -110,7 +112,7 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     lines = [
-        f"# ViT-L/16 compiled whole vs region by region ({ns.device}, {ns.precision}, 1x{size[0]}x{size[1]})",
+        f"# {ns.variant} compiled whole vs region by region ({ns.device}, {ns.precision}, 1x{size[0]}x{size[1]})",
         "",
         "Fresh process each; cold: empty Inductor cache, warm: the cache the cold process filled. "
         f"Steady state: median of {ns.iterations} calls{' (CUDA graph replays)' if cuda else ''}.",
@@ -124,7 +126,8 @@ def main() -> None:
         ),
     ]
     markdown = "\n".join(lines) + "\n"
-    settings = {"device": ns.device, "size": list(size), "precision": ns.precision, "iterations": ns.iterations}
+    settings = {"variant": ns.variant, "device": ns.device, "size": list(size), "precision": ns.precision}
+    settings["iterations"] = ns.iterations
     write_result(ns.out, "regional_compile", {"machine": hwinfo.collect(), **settings, "rows": rows}, markdown)
     print(markdown)
 

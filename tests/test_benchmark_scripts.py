@@ -96,3 +96,11 @@ def test_oversubscription_bench_times_each_layout(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "oversubscription.json").read_text())
     assert [len(seconds) for seconds in record["load_seconds"].values()] == [1, 2, 2]
     assert all(s > 0 for seconds in record["load_seconds"].values() for s in seconds) and record["machine"]
+
+
+@pytest.mark.slow  # two Inductor compiles on the CPU (~50 s)
+def test_regional_compile_bench_times_both_modes_cold_and_warm(tmp_path: Path) -> None:
+    run_script("regional_compile.py", str(tmp_path), "--variant", "tiny_vit", "--size", "64x64", "--iterations", "2")
+    rows = json.loads((tmp_path / "regional_compile.json").read_text())["rows"]
+    assert [(r["mode"], r["cache"]) for r in rows] == [(m, c) for m in ("whole", "regional") for c in ("cold", "warm")]
+    assert all(r["first_call_s"] > 0 and r["median_ms"] > 0 for r in rows)
