@@ -370,6 +370,44 @@ def test_inputs_that_are_not_images_are_named(folder: Path, tmp_path: Path, capl
     assert scan(folder).ignored == 0
 
 
+def test_listing_names_items_the_same_way_from_every_kind_of_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The names are the unit of resume and of `--shard` (a stable partition), so the listing's rules are
+    pinned here: relative to each root without the suffix, suffixes kept on a collision, absolute paths
+    when roots collide, one item per file however often it is named; links to files followed, links to
+    folders not entered, broken links counted as passed over, other suffixes dropped silently."""
+    data = tmp_path / "data"
+    (data / "cam0").mkdir(parents=True)
+    (data / "cam1").mkdir()
+    for name in ("cam0/000.jpg", "cam0/001.JPG", "cam1/x.tar.jpg", "cam1/notes.txt", "cam1/a.png", "cam1/a.jpg"):
+        (data / name).write_bytes(b"pixels")
+    (data / "cam1" / "linked.jpg").symlink_to(data / "cam0" / "000.jpg")
+    (data / "cam1" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (data / "cam2").symlink_to(data / "cam0")  # a link to a folder: not entered, not counted
+    listing = scan(data)
+    assert [i.name for i in listing.items] == [
+        "cam0/000.jpg", "cam0/001.JPG", "cam1/a.jpg", "cam1/a.png", "cam1/linked.jpg", "cam1/x.tar.jpg",
+    ]  # fmt: skip
+    assert listing.ignored == 1  # the broken link
+    (data / "cam1" / "a.png").unlink()
+    assert [i.name for i in list_items(data)] == ["cam0/000", "cam0/001", "cam1/a", "cam1/linked", "cam1/x.tar"]
+
+    monkeypatch.chdir(data)  # a glob without a fixed part is relative to the working folder, and enters links
+    assert [i.name for i in list_items("cam*/0*.jpg")] == ["cam0/000", "cam2/000"]
+    assert [i.name for i in list_items(["cam0", "cam0/000.jpg"])] == ["000", "001"]  # one item per file
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    (lists / "frames.txt").write_text("# comment\n../data/cam0/000.jpg\n\n../data/cam1/x.tar.jpg\n")
+    assert [i.name for i in list_items(lists / "frames.txt")] == ["cam0/000", "cam1/x.tar"]
+    other = tmp_path / "other" / "cam0"
+    other.mkdir(parents=True)
+    (other / "000.jpg").write_bytes(b"pixels")
+    names = [i.name for i in list_items([data / "cam0", other])]  # `000` twice: both named in full
+    assert names == sorted(str(p).lstrip("/") for p in (data / "cam0" / "000.jpg", data / "cam0" / "001.JPG",
+                                                        other / "000.jpg"))  # fmt: skip
+
+
 def test_shared_run_keeps_other_processes_temporaries(
     extractor: FeatureExtractor, folder: Path, tmp_path: Path
 ) -> None:

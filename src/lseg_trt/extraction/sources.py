@@ -11,7 +11,7 @@ from __future__ import annotations
 import glob
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -99,13 +99,8 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], int]:
         _warn_skipped(len(special), text)
         return [(f, root) for f in sorted(p for p in matches if p.is_file() and _wanted(p))], len(special)
     if path.is_dir():
-        entries = list(path.rglob("*"))
-        hidden = [f for f in entries if _hidden(f, path)]
-        ignored = sum(1 for f in hidden if not _hidden(f.parent, path)) + sum(
-            1 for f in entries if not _hidden(f, path) and not f.is_file() and not f.is_dir()
-        )
+        files, ignored = _walk(path)
         _warn_skipped(ignored, text)
-        files = sorted(f for f in entries if f.is_file() and _wanted(f) and not _hidden(f, path))
         return [(f, path) for f in files], ignored
     if path.exists() and not path.is_file():  # links followed: a link to /dev/zero is a device
         raise LsegTrtError(f"input {path} is not a regular file (a device, FIFO or socket)")
@@ -129,8 +124,34 @@ def _wanted(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
 
-def _hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
+def _walk(folder: Path) -> tuple[list[Path], int]:
+    """The wanted files under `folder`, sorted, and how many entries were passed over: hidden (counted
+    once, not entered), special (FIFO, socket, device, broken link) or an unreadable folder. One
+    `scandir` per folder, whose entries know their type without a `stat`: a dataset holds millions of
+    frames, and the listing with pathlib's walk took 42 us a frame on the developer machine, this one 17
+    (`benchmarks/listing_bench.py`). Links to files are followed; links to folders are not entered, as
+    `Path.rglob` does not."""
+    files: list[str] = []
+    ignored = 0
+    pending = [str(folder)]
+    while pending:
+        try:
+            with os.scandir(pending.pop()) as entries:
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        ignored += 1
+                    elif entry.is_dir():
+                        if not entry.is_symlink():
+                            pending.append(entry.path)
+                    elif entry.is_file():
+                        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+                            files.append(entry.path)
+                    else:
+                        ignored += 1
+        except OSError as e:  # a folder that cannot be listed
+            log.warning("cannot list %s: %s", e.filename, e.strerror)
+            ignored += 1
+    return [Path(f) for f in sorted(files)], ignored
 
 
 def _list_file(path: Path) -> list[tuple[Path, Path]]:
@@ -148,29 +169,45 @@ def _list_file(path: Path) -> list[tuple[Path, Path]]:
 def _named_items(found: list[tuple[Path, Path]]) -> list[Item]:
     """Items named relative to each root without the suffix (a video's frames `<name>/000000`, ...); if two
     names collide (`a.png` and `a.jpg`, or frames of `clip.mp4` and `clip/000000.png`) every name keeps its
-    suffix; if names still collide (inputs with different roots) the absolute path is the name."""
-    entries = list({path.absolute(): (path, _relative(path, root)) for path, root in found}.values())
-    parts = [_frames(_file_item("", path)) for path, _ in entries]  # each video is opened once: names "/<frame>"
+    suffix; if names still collide (inputs with different roots) the absolute path is the name. Paths are
+    handled as strings: pathlib's objects cost more than the rest of a listing of a million frames."""
+    absolute = _absolute_in(os.getcwd())
+    entries: dict[str, tuple[Path, str]] = {}
+    for path, root in found:
+        entries.setdefault(absolute(str(path)), (path, _relative(absolute(str(path)), absolute(str(root)), path.name)))
+    parts = [_frames(_file_item("", path)) for path, _ in entries.values()]  # each video opened once: "/<frame>"
     for naming in (
-        lambda path, rel: rel.with_suffix("").as_posix(),
-        lambda path, rel: rel.as_posix(),
-        lambda path, rel: path.absolute().as_posix().lstrip("/"),
+        lambda full, rel: _without_suffix(rel),
+        lambda full, rel: rel,
+        lambda full, rel: full.lstrip("/"),
     ):
+        names = [naming(full, rel) for full, (_, rel) in entries.items()]
         items = [
-            replace(part, name=naming(path, rel) + part.name)
-            for (path, rel), group in zip(entries, parts, strict=True)
-            for part in group
+            replace(part, name=name + part.name) for name, group in zip(names, parts, strict=True) for part in group
         ]
         if len({item.name for item in items}) == len(items):
             break
     return items
 
 
-def _relative(path: Path, root: Path) -> Path:
-    try:
-        return path.absolute().relative_to(root.absolute())
-    except ValueError:
-        return Path(path.name)
+def _absolute_in(cwd: str) -> Callable[[str], str]:
+    """`str(Path(p).absolute())` for the pathlib-made strings of this module (no `..` resolved, as
+    pathlib does not), without making a Path."""
+    base = cwd.rstrip("/") + "/"
+    return lambda p: p if p.startswith("/") else cwd if p == "." else base + p
+
+
+def _relative(path: str, root: str, name: str) -> str:
+    """`path` below `root` (both absolute), or the bare file name if it is not below it."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else name
+
+
+def _without_suffix(name: str) -> str:
+    """`Path.with_suffix("")`: the last dot of the last component starts the suffix, unless it is that
+    component's first or last character."""
+    dot, slash = name.rfind("."), name.rfind("/")
+    return name[:dot] if dot > slash + 1 and dot < len(name) - 1 else name
 
 
 def _file_item(name: str, path: Path) -> Item:
