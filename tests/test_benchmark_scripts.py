@@ -104,3 +104,9 @@ def test_regional_compile_bench_times_both_modes_cold_and_warm(tmp_path: Path) -
     rows = json.loads((tmp_path / "regional_compile.json").read_text())["rows"]
     assert [(r["mode"], r["cache"]) for r in rows] == [(m, c) for m in ("whole", "regional") for c in ("cold", "warm")]
     assert all(r["first_call_s"] > 0 and r["median_ms"] > 0 for r in rows)
+
+
+def test_listing_bench_lists_every_frame(tmp_path: Path) -> None:
+    run_script("listing_bench.py", str(tmp_path), "--frames", "1500", "--repeats", "1")
+    record = json.loads((tmp_path / "listing.json").read_text())
+    assert record["frames"] == 1500 and len(record["seconds"]) == 1 and record["seconds"][0] > 0
