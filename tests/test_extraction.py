@@ -384,12 +384,13 @@ def test_listing_names_items_the_same_way_from_every_kind_of_source(
         (data / name).write_bytes(b"pixels")
     (data / "cam1" / "linked.jpg").symlink_to(data / "cam0" / "000.jpg")
     (data / "cam1" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
+    (data / "cam1" / "loop.jpg").symlink_to(data / "cam1" / "loop.jpg")  # its type cannot be read (ELOOP)
     (data / "cam2").symlink_to(data / "cam0")  # a link to a folder: not entered, not counted
     listing = scan(data)
     assert [i.name for i in listing.items] == [
         "cam0/000.jpg", "cam0/001.JPG", "cam1/a.jpg", "cam1/a.png", "cam1/linked.jpg", "cam1/x.tar.jpg",
     ]  # fmt: skip
-    assert listing.ignored == 1  # the broken link
+    assert listing.ignored == 2  # the broken link and the loop
     (data / "cam1" / "a.png").unlink()
     assert [i.name for i in list_items(data)] == ["cam0/000", "cam0/001", "cam1/a", "cam1/linked", "cam1/x.tar"]
 

@@ -138,20 +138,33 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
         try:
             with os.scandir(pending.pop()) as entries:
                 for entry in entries:
-                    if entry.name.startswith("."):
-                        ignored += 1
-                    elif entry.is_dir():
-                        if not entry.is_symlink():
-                            pending.append(entry.path)
-                    elif entry.is_file():
-                        if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-                            files.append(entry.path)
-                    else:
+                    kind = _kind(entry)
+                    if kind == "folder":
+                        pending.append(entry.path)
+                    elif kind == "file":
+                        files.append(entry.path)
+                    elif kind == "passed over":
                         ignored += 1
         except OSError as e:  # a folder that cannot be listed
             log.warning("cannot list %s: %s", e.filename, e.strerror)
             ignored += 1
     return [Path(f) for f in sorted(files)], ignored
+
+
+def _kind(entry: os.DirEntry) -> str:
+    """What the walk does with an entry: enters a `folder`, keeps a `file`, counts one `passed over`
+    (hidden, special, or whose type cannot be read, such as a link into a folder this user may not
+    read) or drops it silently (a link to a folder, a file of another kind)."""
+    if entry.name.startswith("."):
+        return "passed over"
+    try:
+        if entry.is_dir():
+            return "dropped" if entry.is_symlink() else "folder"
+        if entry.is_file():
+            return "file" if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES else "dropped"
+    except OSError:
+        pass
+    return "passed over"
 
 
 def _list_file(path: Path) -> list[tuple[Path, Path]]:
