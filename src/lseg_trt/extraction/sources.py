@@ -97,7 +97,7 @@ def _expand(text: str) -> tuple[list[tuple[Path, Path]], int]:
         matches = [Path(p) for p in glob.glob(text, recursive=True)]
         special = [p for p in matches if not p.is_file() and not p.is_dir()]
         _warn_skipped(len(special), text)
-        return [(f, root) for f in sorted(p for p in matches if p.is_file() and _wanted(p))], len(special)
+        return [(f, root) for f in sorted(p for p in matches if p.is_file() and _wanted(p.name))], len(special)
     if path.is_dir():
         files, ignored = _walk(path)
         _warn_skipped(ignored, text)
@@ -120,8 +120,8 @@ def _first_magic(text: str) -> int:
     return next(i for i, part in enumerate(Path(text).parts) if any(c in part for c in "*?["))
 
 
-def _wanted(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
+def _wanted(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
 
 
 def _walk(folder: Path) -> tuple[list[Path], int]:
@@ -161,7 +161,7 @@ def _kind(entry: os.DirEntry) -> str:
         if entry.is_dir():
             return "dropped" if entry.is_symlink() else "folder"
         if entry.is_file():
-            return "file" if os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES else "dropped"
+            return "file" if _wanted(entry.name) else "dropped"
     except OSError:
         pass
     return "passed over"
@@ -187,7 +187,8 @@ def _named_items(found: list[tuple[Path, Path]]) -> list[Item]:
     absolute = _absolute_in(os.getcwd())
     entries: dict[str, tuple[Path, str]] = {}
     for path, root in found:
-        entries.setdefault(absolute(str(path)), (path, _relative(absolute(str(path)), absolute(str(root)), path.name)))
+        full = absolute(str(path))
+        entries.setdefault(full, (path, _relative(full, absolute(str(root)), path.name)))
     parts = [_frames(_file_item("", path)) for path, _ in entries.values()]  # each video opened once: "/<frame>"
     for naming in (
         lambda full, rel: _without_suffix(rel),
