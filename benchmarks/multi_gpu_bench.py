@@ -85,6 +85,11 @@ def measure(
     read_through([Path(spec.weights), Path(cache_dir()), Path(triton)])
     items = list_items(frames)
     shard_size = shard_size or ns.shard_size
+    # every arm starts on a quiet disk: the frames just made and the previous arm's deleted output (tens of
+    # GB on ext4) would otherwise still be written back, or their blocks freed, inside the next timed run
+    synced = time.perf_counter()
+    os.sync()
+    synced = time.perf_counter() - synced
     start = time.perf_counter()
     # as `lseg-trt extract --devices` does: the weights are read to open the run, no model runs here
     output = prepare_run(spec.build(devices[0]), items, out, RunOptions(pool=ns.pool, shard_size=shard_size))
@@ -105,6 +110,7 @@ def measure(
         # what the run cost beyond its data path (opening the run, worker startup, the last shards' tail):
         # a run of F frames takes about fixed_s + F / (workers * images_per_worker_second)
         "fixed_s": seconds - sum(workers.values()) / len(workers),
+        "sync_before_s": synced,  # untimed: how much the disk still had to do from before this run
     }
 
 
@@ -239,6 +245,13 @@ def render(r: dict) -> str:
         for worker, seconds in row.get("worker_stages_s", {}).items():
             cells = " | ".join(f"{seconds.get(stage, 0.0):.2f}" for stage in stages)
             lines.append(f"| {len(row['devices'])} | {worker} | {cells} |")
+    if "sync_before_s" in one:
+        lines += [
+            "",
+            "Before each run, untimed, the disk finished what it still had to write or free: "
+            f"{one['sync_before_s']:.1f} s before the one-device run, {many['sync_before_s']:.1f} s before the "
+            f"{n}-device run.",
+        ]
     if r.get("first_run"):
         first = r["first_run"]
         startup = ", ".join(f"{k} {v['total']:.1f}" for k, v in first["worker_startup_s"].items())

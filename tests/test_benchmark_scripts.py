@@ -57,6 +57,8 @@ def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
     assert multi["many"]["images"] == multi["one"]["images"] == 16
     assert multi["first_run"]["images"] == 2 * 4  # one batch per device warms each device's cache first
     assert multi["many"]["worker_startup_s"] and multi["efficiency_data_path"] > 0
+    for arm in ("one", "many"):  # where each worker's time went, and what the disk still had to do before
+        assert sum(s["commit"] for s in multi[arm]["worker_stages_s"].values()) > 0 and multi[arm]["sync_before_s"] >= 0
 
 
 def test_fp8_linears_quantise_like_e4m3(monkeypatch: pytest.MonkeyPatch) -> None:
