@@ -1,7 +1,8 @@
 """How long `list_items` takes to list a folder of many frames: the first thing a run does, before any
 worker starts (`extract --devices` lists, then opens the run, then spawns its workers), so a dataset of
-millions of frames pays it in its fixed cost. Frames are hard links (one small JPEG per folder of
-1024), so the tree costs no disk. Writes listing.{json,md}.
+millions of frames pays it in its fixed cost. Frames are hard links (`multi_gpu_bench.linked_frames`:
+4096 names a folder, one distinct frame per 1024 names), so the tree costs little disk. Writes
+listing.{json,md}.
 
     python benchmarks/listing_bench.py OUT [--frames 65536] [--repeats 3]
 """
@@ -9,25 +10,16 @@ millions of frames pays it in its fixed cost. Frames are hard links (one small J
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from PIL import Image
+sys.path.insert(0, str(Path(__file__).parent))
+from multi_gpu_bench import linked_frames  # noqa: E402
 
-PER_FOLDER = 1024
-
-
-def make_tree(root: Path, frames: int) -> None:
-    for folder in range((frames + PER_FOLDER - 1) // PER_FOLDER):
-        scene = root / f"scene{folder:04d}"
-        scene.mkdir(parents=True)
-        first = scene / "000000.jpg"
-        Image.new("RGB", (64, 48)).save(first)
-        for i in range(1, min(PER_FOLDER, frames - folder * PER_FOLDER)):
-            os.link(first, scene / f"{i:06d}.jpg")
+NAMES_PER_FRAME = 1024  # hard links per distinct frame (ext4 allows 65000)
 
 
 def main() -> None:
@@ -42,7 +34,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="lseg-listing-") as scratch:
         root = Path(scratch) / "frames"
-        make_tree(root, ns.frames)
+        linked_frames(root, ns.frames, max(1, ns.frames // NAMES_PER_FRAME), parts=1)
         seconds = []
         for _ in range(ns.repeats):
             started = time.perf_counter()
@@ -52,7 +44,7 @@ def main() -> None:
         raise SystemExit(f"listing_bench.py: listed {count} of {ns.frames} frames")
     best = min(seconds)
     markdown = (
-        f"# list_items on {ns.frames} frames ({ns.frames // PER_FOLDER} folders of {PER_FOLDER})\n\n"
+        f"# list_items on {ns.frames} frames (folders of 4096 hard links)\n\n"
         f"Seconds per listing: {', '.join(f'{s:.2f}' for s in seconds)} (median {statistics.median(seconds):.2f}); "
         f"{best / ns.frames * 1e6:.1f} us a frame at best, {best / ns.frames * 2.5e6:.0f} s for ScanNet's 2.5 M.\n"
     )

@@ -128,7 +128,7 @@ def _walk(folder: Path) -> tuple[list[Path], int]:
     """The wanted files under `folder`, sorted, and how many entries were passed over: hidden (counted
     once, not entered), special (FIFO, socket, device, broken link) or an unreadable folder. One
     `scandir` per folder, whose entries know their type without a `stat`: a dataset holds millions of
-    frames, and the listing with pathlib's walk took 42 us a frame on the developer machine, this one 17
+    frames, and the listing with pathlib's walk took 42 us a frame on the developer machine, this one 19
     (`benchmarks/listing_bench.py`). Links to files are followed; links to folders are not entered, as
     `Path.rglob` does not."""
     files: list[str] = []
