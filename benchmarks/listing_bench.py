@@ -28,6 +28,8 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=65536)
     p.add_argument("--repeats", type=int, default=3)
     ns = p.parse_args()
+    if ns.frames < 1 or ns.repeats < 1:
+        p.error("--frames and --repeats must be at least 1")
     from lseg_trt import hwinfo
     from lseg_trt.extraction import list_items
     from lseg_trt.reports import write_result

@@ -90,9 +90,13 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=None, help="steady-state calls [30 on a GPU, 5 on a CPU]")
     p.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
     ns = p.parse_args()
+    from lseg_trt.errors import LsegTrtError
     from lseg_trt.sizes import parse_size
 
-    size = parse_size(ns.size)
+    try:
+        size = parse_size(ns.size)
+    except LsegTrtError as e:
+        p.error(str(e))
     cuda = ns.device.startswith("cuda")
     ns.precision = ns.precision or ("fp16" if cuda else "fp32")
     ns.iterations = ns.iterations or (30 if cuda else 5)
