@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from lseg_trt import LsegTrtError
+from lseg_trt import LsegTrtError, images
 from lseg_trt.images import _rgb_from_integers, load_image, load_rgb_array, preprocess, samples
 from lseg_trt.models import LSeg
 
@@ -204,6 +204,51 @@ def test_hostile_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is then over twice the limit
     with pytest.raises(LsegTrtError, match="decompression bomb"):
         load_image(tmp_path / "photo.jpg")
+
+
+def _photo_like(height: int, width: int) -> np.ndarray:
+    """Gradients, edges and noise: every DCT frequency and chroma upsampling matter to the pixels."""
+    y, x = np.mgrid[0:height, 0:width]
+    noise = np.random.default_rng(0).integers(0, 256, (height, width))
+    return np.stack([(x * 3 + 40 * np.sin(y / 5)) % 256, (y * 7) % 256, noise], -1).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("RGB", {"subsampling": "4:2:0"}),
+        ("RGB", {"subsampling": "4:2:2"}),
+        ("RGB", {"subsampling": "4:4:4", "quality": 100}),
+        ("RGB", {"progressive": True}),
+        ("RGB", {"optimize": True, "restart_marker_blocks": 7}),
+        ("L", {}),
+    ],
+)
+def test_plain_jpegs_take_libjpeg_turbo_and_match_pil(mode: str, options: dict, tmp_path: Path) -> None:
+    path = tmp_path / "frame.jpg"
+    Image.fromarray(_photo_like(37, 53)).convert(mode).save(path, **options)
+    with Image.open(path) as image:
+        assert images._plain_jpeg(image)
+        image.load()
+        expected = np.asarray(image.convert("RGB"))
+    assert images._jpeg_pixels(path) is not None
+    decoded = load_rgb_array(path)
+    assert decoded.flags.c_contiguous and decoded.flags.writeable and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, expected)
+
+
+def test_jpegs_that_need_pil_go_to_pil(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 3  # upside down
+    Image.fromarray(_photo_like(16, 24)).save(tmp_path / "rotated.jpg", exif=exif)
+    Image.fromarray(_photo_like(16, 24)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(_photo_like(16, 24)).save(tmp_path / "photo.png")
+    for name in ("rotated.jpg", "cmyk.jpg", "photo.png"):
+        with Image.open(tmp_path / name) as image:
+            assert not images._plain_jpeg(image), name
+    with Image.open(tmp_path / "rotated.jpg") as image:
+        upright = np.asarray(image.convert("RGB"))[::-1, ::-1]
+    np.testing.assert_array_equal(load_rgb_array(tmp_path / "rotated.jpg"), upright)
 
 
 def test_decode_from_threads_matches_serial() -> None:

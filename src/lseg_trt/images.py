@@ -19,6 +19,13 @@ photo viewer shows as 8-bit RGB:
 Only regular files are opened (a FIFO or device would block or never end), and PIL's decompression-
 bomb limit stays at its default. The decode keeps no state, so worker threads may call it at once.
 
+Plain JPEGs (8-bit RGB or gray, upright: nothing for `exif_transpose` to do) are decoded by simplejpeg
+(libjpeg-turbo, the library inside Pillow, with the same accurate DCT and fancy upsampling, so the same
+pixels bit for bit) after PIL has read their header. The reason is the GIL: PIL's load, conversion and
+copies hold it for most of a frame's decode, and on a GPU host the decode threads then keep the thread
+that launches the network's kernels waiting for it, so the GPU idles between kernels. simplejpeg decodes
+with the GIL released, straight into a new array. Anything it refuses goes to PIL, which gives the error.
+
 Resizing uses PIL's bilinear filter, which antialiases when shrinking: the same as
 `torchvision.transforms.Resize` on a PIL image, which lang-seg's zero-shot evaluation and the
 downstream Python demos use. The aspect ratio is not kept (as there); pick the size to keep it.
@@ -31,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image, ImageOps
 
@@ -42,6 +50,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _SAMPLES = {"chelsea": "chelsea.png", "astronaut": "astronaut.png", "coffee": "coffee.png"}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _BITS_PER_SAMPLE = 258  # TIFF tag
+_ORIENTATION = 0x0112  # EXIF tag (PIL's getexif also reads an XMP tiff:Orientation into it)
 # What PIL's decoders raise on a corrupt, truncated or hostile file.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
@@ -70,13 +79,31 @@ def load_rgb_array(source: ImageLike) -> np.ndarray:
         return _rgb_from_pil(source)
     path = regular_file(source, "image")
     try:
-        with Image.open(path) as image:
+        with Image.open(path) as image:  # the header only, until `load`
+            pixels = _jpeg_pixels(path) if _plain_jpeg(image) else None
+            if pixels is not None:
+                return pixels
             image.load()
             return _rgb_from_pil(image, f"image {path}")
     except Image.DecompressionBombError as e:
         raise LsegTrtError(f"refusing image {path} (decompression bomb?): {e}") from None
     except _DECODE_ERRORS as e:
         raise LsegTrtError(f"cannot read image {path} (corrupt, truncated or not an image): {e}") from None
+
+
+def _plain_jpeg(image: Image.Image) -> bool:
+    """Whether libjpeg-turbo's RGB output is what `_rgb_from_pil` would give: CMYK and YCCK JPEGs take
+    PIL's Adobe inversion rules, a rotated one its transpose, and MPO or other formats PIL's own path."""
+    return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_ORIENTATION, 1) == 1
+
+
+def _jpeg_pixels(path: Path) -> np.ndarray | None:
+    """The (H, W, 3) pixels, decoded with the GIL released; None where libjpeg-turbo stops at an error or
+    at a warning such as a truncated file (`strict`), so PIL decodes it again and raises its own error."""
+    try:
+        return simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB", strict=True)
+    except ValueError:
+        return None
 
 
 def load_image(source: ImageLike) -> Image.Image:
