@@ -8,11 +8,14 @@ block is traced and compiled. What that costs in steady-state latency (no fusion
 edges, the glue between regions left eager) is the other half of the question.
 
 Each (mode, cache) pair runs in a fresh process with its own Inductor cache: `cold` on an empty one,
-`warm` on the one `cold` filled. Reported: imports + model, first call (trace, compile or cache load;
-on a GPU also the CUDA graph capture), and the steady-state median over `--iterations` calls (CUDA
-graphs on a GPU, as `torch-compile-fp16+graph` runs). Writes regional_compile.{json,md}.
+`warm` on the one `cold` filled, `warm, no pool` on it again with TORCH_WARM_POOL=0: Inductor then starts
+no process pool for Triton compiles, which it otherwise spawns (`compile_threads` processes, each
+importing torch) at the first compile even when every kernel comes from the cache. Reported: imports +
+model, first call (trace, compile or cache load; on a GPU also the CUDA graph capture), and the
+steady-state median over `--iterations` calls (CUDA graphs on a GPU, as `torch-compile-fp16+graph` runs).
+Writes regional_compile.{json,md}.
 
-    python benchmarks/regional_compile.py OUT [--device cuda] [--size 480x640] [--precision fp16]
+    python benchmarks/regional_compile.py OUT [--device cuda] [--size 480x640] [--batch 8] [--precision fp16]
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from pathlib import Path
 
 MARK = "REGIONAL "
 MODES = ("whole", "regional")
+CACHES = (("cold", {}), ("warm", {}), ("warm, no pool", {"TORCH_WARM_POOL": "0"}))
 
 
-def child(mode: str, variant: str, device_name: str, size: tuple[int, int], precision: str, iterations: int) -> None:
+def child(mode: str, variant: str, device_name: str, shape: tuple[int, ...], precision: str, iterations: int) -> None:
     started = time.perf_counter()
     import torch
 
@@ -51,7 +55,7 @@ def child(mode: str, variant: str, device_name: str, size: tuple[int, int], prec
         fn = model
     if device.type == "cuda":
         fn = GraphCache(fn, device)
-    x = torch.randn(1, 3, *size, device=device)
+    x = torch.randn(shape, device=device)
     loaded = time.perf_counter()
     with torch.inference_mode():
         fn(x).float().sum().item()  # the sync: compiled, captured and run once
@@ -65,10 +69,12 @@ def child(mode: str, variant: str, device_name: str, size: tuple[int, int], prec
     print(MARK + json.dumps(report), flush=True)
 
 
-def run_child(mode: str, cache: Path, ns: argparse.Namespace) -> dict:
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"))
+def run_child(mode: str, cache: Path, ns: argparse.Namespace, env: dict[str, str]) -> dict:
+    env = dict(
+        os.environ, TORCHINDUCTOR_CACHE_DIR=str(cache / "inductor"), TRITON_CACHE_DIR=str(cache / "triton"), **env
+    )
     command = [sys.executable, __file__, "--child", mode, "--variant", ns.variant, "--device", ns.device]
-    command += ["--size", ns.size]
+    command += ["--size", ns.size, "--batch", str(ns.batch)]
     command += ["--precision", ns.precision, "--iterations", str(ns.iterations)]
     started = time.perf_counter()
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200, check=False)
@@ -85,7 +91,8 @@ def main() -> None:
     p.add_argument("out", type=Path, nargs="?")
     p.add_argument("--variant", default="vit_l16", help="a ViT variant (tiny_vit: the CPU smoke test)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", default="224x224", help="HxW, batch 1")
+    p.add_argument("--size", default="224x224", help="HxW")
+    p.add_argument("--batch", type=int, default=1)
     p.add_argument("--precision", default=None, help="fp32 | fp16 | bf16 [fp16 on a GPU, fp32 on a CPU]")
     p.add_argument("--iterations", type=int, default=None, help="steady-state calls [30 on a GPU, 5 on a CPU]")
     p.add_argument("--child", choices=MODES, default=None, help=argparse.SUPPRESS)
@@ -97,11 +104,14 @@ def main() -> None:
         size = parse_size(ns.size)
     except LsegTrtError as e:
         p.error(str(e))
+    if ns.batch < 1:
+        p.error("--batch must be positive")
+    shape = (ns.batch, 3, *size)
     cuda = ns.device.startswith("cuda")
     ns.precision = ns.precision or ("fp16" if cuda else "fp32")
     ns.iterations = ns.iterations or (30 if cuda else 5)
     if ns.child is not None:
-        child(ns.child, ns.variant, ns.device, size, ns.precision, ns.iterations)
+        child(ns.child, ns.variant, ns.device, shape, ns.precision, ns.iterations)
         return
     if ns.out is None:
         p.error("OUT is required")
@@ -111,14 +121,16 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="lseg-regional-") as scratch:
         for mode in MODES:
-            for cache in ("cold", "warm"):  # warm: the cache the cold process just filled
-                row = {"mode": mode, "cache": cache, **run_child(mode, Path(scratch) / mode, ns)}
+            for cache, env in CACHES:  # warm: the cache the cold process just filled
+                row = {"mode": mode, "cache": cache, **run_child(mode, Path(scratch) / mode, ns, env)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     lines = [
-        f"# {ns.variant} compiled whole vs region by region ({ns.device}, {ns.precision}, 1x{size[0]}x{size[1]})",
+        f"# {ns.variant} compiled whole vs region by region ({ns.device}, {ns.precision}, "
+        f"{ns.batch}x{size[0]}x{size[1]})",
         "",
-        "Fresh process each; cold: empty Inductor cache, warm: the cache the cold process filled. "
+        "Fresh process each; cold: empty Inductor cache, warm: the cache the cold process filled (no pool: "
+        "TORCH_WARM_POOL=0). "
         f"Steady state: median of {ns.iterations} calls{' (CUDA graph replays)' if cuda else ''}.",
         "",
         "| mode | cache | process s | imports + model s | first call s | steady-state ms |",
@@ -130,7 +142,7 @@ def main() -> None:
         ),
     ]
     markdown = "\n".join(lines) + "\n"
-    settings = {"variant": ns.variant, "device": ns.device, "size": list(size), "precision": ns.precision}
+    settings = {"variant": ns.variant, "device": ns.device, "shape": list(shape), "precision": ns.precision}
     settings["iterations"] = ns.iterations
     write_result(ns.out, "regional_compile", {"machine": hwinfo.collect(), **settings, "rows": rows}, markdown)
     print(markdown)

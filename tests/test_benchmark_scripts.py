@@ -102,10 +102,23 @@ def test_oversubscription_bench_times_each_layout(tmp_path: Path) -> None:
 
 @pytest.mark.slow  # two Inductor compiles on the CPU (~50 s)
 def test_regional_compile_bench_times_both_modes_cold_and_warm(tmp_path: Path) -> None:
-    run_script("regional_compile.py", str(tmp_path), "--variant", "tiny_vit", "--size", "64x64", "--iterations", "2")
-    rows = json.loads((tmp_path / "regional_compile.json").read_text())["rows"]
-    assert [(r["mode"], r["cache"]) for r in rows] == [(m, c) for m in ("whole", "regional") for c in ("cold", "warm")]
-    assert all(r["first_call_s"] > 0 and r["median_ms"] > 0 for r in rows)
+    run_script(
+        "regional_compile.py",
+        str(tmp_path),
+        "--variant",
+        "tiny_vit",
+        "--size",
+        "64x64",
+        "--batch",
+        "2",
+        "--iterations",
+        "2",
+    )
+    record = json.loads((tmp_path / "regional_compile.json").read_text())
+    caches = ("cold", "warm", "warm, no pool")
+    assert [(r["mode"], r["cache"]) for r in record["rows"]] == [(m, c) for m in ("whole", "regional") for c in caches]
+    assert record["shape"] == [2, 3, 64, 64]
+    assert all(r["first_call_s"] > 0 and r["median_ms"] > 0 for r in record["rows"])
 
 
 def test_listing_bench_lists_every_frame(tmp_path: Path) -> None:
