@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs of issues 11-13 on the device tool's machine (torch backends only: TensorRT is not installed
 # there, and TensorRT-RTX refuses Hopper). Usage, in the repository root on the GPU machine:
-#   bash benchmarks/gpu_run.sh OUT_DIR pipeline|multi|speed|profile|regional|resize [ARGS]
+#   bash benchmarks/gpu_run.sh OUT_DIR pipeline|multi|speed|profile|regional [ARGS]
 # Each part writes its JSON/Markdown under OUT_DIR and its log beside them.
 set -uo pipefail
 out=$1; part=$2
@@ -22,6 +22,4 @@ case "$part" in
     python3 benchmarks/profile_gpu.py "${@:3}" > "$out/profile.md" 2> "$out/profile.log" ;;
   regional)
     python3 benchmarks/regional_compile.py "$out/regional" --device cuda --size 480x640 "${@:3}" 2>&1 | tee "$out/regional.log" ;;
-  resize)
-    python3 benchmarks/resize_bench.py "$out/resize" --device cuda "${@:3}" 2>&1 | tee "$out/resize.log" ;;
 esac

@@ -27,13 +27,6 @@ def test_fused_work_counts_less_work_for_the_rewrite(tmp_path: Path) -> None:
     assert all(0 < row["gflop_removed"] < 0.5 and row["written_removed"] > 0 for row in record["work"])
 
 
-def test_resize_bench_writes_its_figures(tmp_path: Path) -> None:
-    run_script("resize_bench.py", str(tmp_path), "--runs", "1")
-    assert (tmp_path / "resize_bench.md").read_text().count("ms per frame") >= 1
-    assert json.loads((tmp_path / "resize_bench.json").read_text())
-
-
-@pytest.mark.slow
 def test_gpu_speed_runs_its_sections_on_the_cpu(tmp_path: Path) -> None:
     """The sections the next GPU run starts with, on the tiny network: baseline with the rewrite, candidates."""
     out = tmp_path / "out"
