@@ -10,7 +10,7 @@ import torch
 
 from lseg_trt import LsegTrtError
 from lseg_trt.backends import REGISTRY, known_backends, make_runner, parse_backend, parse_backends
-from lseg_trt.backends.base import Runner
+from lseg_trt.backends.base import DTYPES, Runner, placed_encoder
 from lseg_trt.metrics import compare_features
 from lseg_trt.models import LSeg
 from lseg_trt.tolerances import TOLERANCES
@@ -63,6 +63,29 @@ def test_backend_names() -> None:
     for name in known_backends():
         assert parse_backend(name).name == name
         assert issubclass(REGISTRY[parse_backend(name).base].runner_class(), Runner)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_placed_encoder_is_a_private_copy(tiny_rn: LSeg, precision: str) -> None:
+    """Made without a host copy first, the placed encoder must still share nothing with the source: not on
+    the same device in the same dtype either (fp32 on the CPU), where `Tensor.to` would hand back the tensor
+    itself."""
+    source = tiny_rn.image_encoder
+    before = {k: v.clone() for k, v in source.state_dict().items()}
+    placed = placed_encoder(source, torch.device("cpu"), precision)
+    originals = source.state_dict()
+    for name, tensor in placed.state_dict().items():
+        original = originals[name]
+        assert tensor.data_ptr() != original.data_ptr(), name
+        assert tensor.dtype == (DTYPES[precision] if original.is_floating_point() else original.dtype), name
+        torch.testing.assert_close(tensor.to(original.dtype), original, rtol=1e-2, atol=1e-2)
+    assert any(not t.is_floating_point() for t in placed.state_dict().values())  # BatchNorm's step counters
+    assert all(isinstance(p, torch.nn.Parameter) for p in placed.parameters())
+    with torch.no_grad():
+        for tensor in placed.state_dict().values():
+            tensor.zero_()
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(tensor, before[name]) and tensor.dtype == before[name].dtype, name
 
 
 def test_runner_life_cycle(tiny_vit: LSeg) -> None:

@@ -127,9 +127,23 @@ def placed_encoder(
     float32."""
     from lseg_trt.models.fused import fuse_for_inference
 
-    private = fuse_for_inference(encoder) if fused else copy.deepcopy(encoder)
-    model = private.to(device, DTYPES[precision]).eval()
+    dtype = DTYPES[precision]
+    model = (fuse_for_inference(encoder).to(device, dtype) if fused else _copied_onto(encoder, device, dtype)).eval()
     return model.to(memory_format=torch.channels_last) if precision != "fp32" else model
+
+
+def _copied_onto(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A deep copy of `module` whose parameters and buffers are made straight on `device`, floating ones
+    in `dtype` (as `Module.to` casts). Copying first and moving after made a host copy of every weight:
+    1.7 s for ViT-L/16's 1.4 GB on the 2-core machine, in every runner activation and every worker's
+    start. The tensors are put in deepcopy's memo, so the module tree is copied around them; shared
+    tensors stay shared, and each one is a new tensor even where device and dtype already match."""
+    memo: dict[int, object] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        made = tensor.detach().to(device, dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+        is_parameter = isinstance(tensor, torch.nn.Parameter)
+        memo[id(tensor)] = torch.nn.Parameter(made, tensor.requires_grad) if is_parameter else made
+    return copy.deepcopy(module, memo)
 
 
 def lseg_of(source: ModelSource, backend: str) -> LSeg:
