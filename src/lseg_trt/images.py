@@ -20,12 +20,13 @@ Only regular files are opened (a FIFO or device would block or never end), and P
 bomb limit stays at its default. The decode keeps no state, so worker threads may call it at once.
 
 Plain JPEGs (8-bit RGB or gray, upright: nothing for `exif_transpose` to do) are decoded by simplejpeg
-after PIL has read their header: libjpeg-turbo, the library Pillow's wheels bundle, with the same accurate
-DCT and fancy upsampling, so the same pixels bit for bit (a test compares them; a Pillow built on IJG's
-libjpeg 9, which upsamples chroma differently, would fail it). The reason is the GIL: PIL's load, conversion and
-copies hold it for most of a frame's decode, and on a GPU host the decode threads then keep the thread
-that launches the network's kernels waiting for it, so the GPU idles between kernels. simplejpeg decodes
-with the GIL released, straight into a new array. Anything it refuses goes to PIL, which gives the error.
+after PIL has read their header: libjpeg-turbo, the library Pillow's wheels bundle, with the same
+accurate DCT and fancy upsampling, so the same pixels bit for bit (a test compares them; a Pillow built
+on IJG's libjpeg 9, which upsamples chroma differently, would fail it). The reason is the GIL: PIL's
+load, conversion and copies hold it for most of a frame's decode, and on a GPU host the decode threads
+then keep the thread that launches the network's kernels waiting for it, so the GPU idles between
+kernels. simplejpeg decodes with the GIL released, straight into a new array. Anything it refuses goes
+to PIL, which gives the error.
 
 Resizing uses PIL's bilinear filter, which antialiases when shrinking: the same as
 `torchvision.transforms.Resize` on a PIL image, which lang-seg's zero-shot evaluation and the
