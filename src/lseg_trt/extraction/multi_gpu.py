@@ -26,6 +26,7 @@ import os
 import queue
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -242,11 +243,10 @@ def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, resul
             shards = itertools.chain(taken, shards)
         summaries.append(run_shards(extractor, shards, output, progress=False))
         written = sorted({record["shard"] for summary in summaries for record in summary.records})
-        stages: dict[str, float] = {}
+        stages: Counter[str] = Counter()
         for summary in summaries:
-            for stage, seconds in summary.timings.items():
-                stages[stage] = stages.get(stage, 0.0) + seconds
-        results.put((name, time.perf_counter() - start, written, startup, stages))
+            stages.update(summary.timings)  # adds each stage's seconds
+        results.put((name, time.perf_counter() - start, written, startup, dict(stages)))
 
 
 def sharing_cores(spec: ExtractorSpec, workers: int) -> ExtractorSpec:
