@@ -170,6 +170,26 @@ def test_gpu_workers_take_their_share_of_the_cores(monkeypatch: pytest.MonkeyPat
         torch.set_num_threads(threads)
 
 
+def test_workers_take_the_coordinators_file_hashes(
+    tiny_vit_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pickle
+    import shutil
+
+    from lseg_trt import files
+
+    weights = shutil.copy(tiny_vit_ckpt, tmp_path / "weights.ckpt")
+    old = time.time_ns() - 10_000_000_000
+    os.utime(weights, ns=(old, old))
+    monkeypatch.setattr(files, "_hashed", {files.file_version(weights): "0" * 64})  # the coordinator's word
+    spec = pickle.loads(pickle.dumps(ExtractorSpec(str(weights)).with_known_hashes()))  # as a worker gets it
+    monkeypatch.setattr(files, "_hashed", {})  # a fresh worker process
+    spec.place("cpu")
+    assert files.file_sha256(weights) == "0" * 64  # taken, not hashed again (the real hash differs)
+    Path(weights).write_bytes(b"changed")  # a file changed since is hashed again
+    assert files.file_sha256(weights) == files._sha256(weights) != "0" * 64
+
+
 def test_decode_threads_count_the_cores_a_scheduler_gave(monkeypatch: pytest.MonkeyPatch) -> None:
     """A task given 4 of a host's 64 cores (SLURM's --cpus-per-task, taskset) decodes on 3 threads, not 8.
     The OS is asked through os.sched_getaffinity: on this 2-core machine only a stand-in can give 4."""

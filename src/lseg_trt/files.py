@@ -9,7 +9,6 @@ can tell leftovers of a killed process (SIGKILL skips every `finally`) from work
 from __future__ import annotations
 
 import contextlib
-import functools
 import glob
 import hashlib
 import json
@@ -125,7 +124,10 @@ def remove_stale_temps(folder: str | Path, max_age_s: float = STALE_AFTER_S) -> 
     return removed
 
 
-def file_version(path: str | Path) -> tuple[str, int, int, int, int, int] | None:
+FileVersion = tuple[str, int, int, int, int, int]
+
+
+def file_version(path: str | Path) -> FileVersion | None:
     """(real path, device, inode, size, modification and change times) of a file, to remember what was
     read from it while these stay the same (the change time also moves when a copy restores an old
     modification time); None for a file modified in the last two seconds, which must be read again:
@@ -137,15 +139,34 @@ def file_version(path: str | Path) -> tuple[str, int, int, int, int, int] | None
     return os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
 
 
+# sha256 by `file_version`: a benchmark asks for the same model's hash once per size and backend, and
+# the worker processes of a run are handed their coordinator's (`known_sha256s`), as hashing a 1.7 GB
+# checkpoint takes about a second in every process
+_hashed: dict[FileVersion, str] = {}
+
+
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed (checkpoints are gigabytes); remembered per `file_version`, since a
-    benchmark asks for the same model's hash once per size and backend and a 1.2 GB ONNX takes seconds."""
+    """Hex sha256 of a file, streamed (checkpoints are gigabytes); remembered per `file_version`."""
     version = file_version(path)
-    return _sha256(*version) if version else _sha256.__wrapped__(str(path))
+    if version is None:
+        return _sha256(path)
+    if version not in _hashed:
+        _hashed[version] = _sha256(path)
+    return _hashed[version]
 
 
-@functools.lru_cache(maxsize=64)
-def _sha256(path: str, *version: int) -> str:
+def known_sha256s() -> dict[FileVersion, str]:
+    """The hashes this process has made, to hand to processes that will read the same files."""
+    return dict(_hashed)
+
+
+def remember_sha256s(known: dict[FileVersion, str]) -> None:
+    """Take another process's hashes (`known_sha256s`) as this one's. Each is keyed by a file's real
+    path, device, inode, size and times, so it only answers for a file nobody has changed since."""
+    _hashed.update(known)
+
+
+def _sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 24), b""):

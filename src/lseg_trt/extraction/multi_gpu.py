@@ -36,6 +36,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.extractor import FeatureExtractor, default_workers, usable_cores
 from lseg_trt.extraction.manifest import read_manifest
 from lseg_trt.extraction.run import RunOutput, ShardSpec, Summary, run_shards
+from lseg_trt.files import FileVersion, known_sha256s, remember_sha256s
 
 if TYPE_CHECKING:
     from multiprocessing.context import BaseContext
@@ -73,10 +74,19 @@ class ExtractorSpec:
     # the pool's share is not yet measured on the GPU host). A user's OMP_NUM_THREADS or
     # TORCHINDUCTOR_COMPILE_THREADS is kept.
     gpu_threads: int | None = None
+    # the coordinator's file hashes (`with_known_hashes`): each worker would otherwise hash the checkpoint
+    # again for its manifests, about 1 s for ViT-L/16's 1.7 GB, in every worker's start
+    known_sha256: tuple[tuple[FileVersion, str], ...] = ()
+
+    def with_known_hashes(self) -> ExtractorSpec:
+        """This spec carrying the hashes this process has made (see `lseg_trt.files.known_sha256s`)."""
+        return dataclasses.replace(self, known_sha256=tuple(known_sha256s().items()))
 
     def place(self, device: str) -> None:
         """Make `device` this process's own (for a GPU, CUDA initialises here)."""
         import torch
+
+        remember_sha256s(dict(self.known_sha256))
 
         if device == "cpu" and self.cpu_threads:
             torch.set_num_threads(self.cpu_threads)
@@ -272,7 +282,7 @@ def run_devices(spec: ExtractorSpec, devices: list[str], shards: list[ShardSpec]
     context = worker_context()
     results = context.Queue()
     used = devices[: len(shards)]
-    spec = sharing_cores(spec, len(used))
+    spec = sharing_cores(spec, len(used)).with_known_hashes()
     queues = _task_queues(context, shards, len(used))
     start = time.perf_counter()
     processes = {}

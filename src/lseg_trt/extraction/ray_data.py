@@ -129,7 +129,8 @@ def run_ray(
             concurrency=min(actors, len(shards)),
             num_gpus=gpus_per_actor or None,
             fn_constructor_kwargs={
-                "spec": spec, "output": output, "shards": {s.index: s for s in shards}, "device": device,
+                "spec": spec.with_known_hashes(), "output": output, "shards": {s.index: s for s in shards},
+                "device": device,
             },
             **remote,
         ).take_all()  # fmt: skip
