@@ -137,10 +137,14 @@ def _copied_onto(module: torch.nn.Module, device: torch.device, dtype: torch.dty
     in `dtype` (as `Module.to` casts). Copying first and moving after made a host copy of every weight:
     1.7 s for ViT-L/16's 1.4 GB on the 2-core machine, in every runner activation and every worker's
     start. The tensors are put in deepcopy's memo, so the module tree is copied around them; shared
-    tensors stay shared, and each one is a new tensor even where device and dtype already match."""
+    tensors stay shared, and each one is a new tensor even where device and dtype already match. A tensor
+    crosses to another device in its own dtype and is cast there: `Tensor.to(cuda, float16)` casts on the
+    host first, into new host memory, where the GPU casts 1.4 GB in milliseconds."""
     memo: dict[int, object] = {}
     for tensor in [*module.parameters(), *module.buffers()]:
-        made = tensor.detach().to(device, dtype if tensor.is_floating_point() else tensor.dtype, copy=True)
+        source = tensor.detach()
+        made = source.to(device)
+        made = made.to(dtype if made.is_floating_point() else made.dtype, copy=made is source)
         is_parameter = isinstance(tensor, torch.nn.Parameter)
         memo[id(tensor)] = torch.nn.Parameter(made, tensor.requires_grad) if is_parameter else made
     return copy.deepcopy(module, memo)
