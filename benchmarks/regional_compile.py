@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 MARK = "REGIONAL "
@@ -54,7 +55,7 @@ def child(mode: str, variant: str, device_name: str, shape: tuple[int, ...], pre
         model.scratch.compile(dynamic=False)
         fn = model
     if device.type == "cuda":
-        fn = GraphCache(fn, device)
+        fn = GraphCache(fn, device, Counter())
     x = torch.randn(shape, device=device)
     loaded = time.perf_counter()
     with torch.inference_mode():

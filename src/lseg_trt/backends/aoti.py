@@ -86,7 +86,7 @@ class AotiRunner(Runner):
 
     def _activate(self) -> None:
         if self.spec.cuda_graph:
-            self.graphs = GraphCache(self._run, self.device)
+            self.graphs = GraphCache(self._run, self.device, self.setup_seconds)
 
     def _deactivate(self) -> None:
         self.compiled.clear()

@@ -9,7 +9,9 @@ device. Outputs may be buffers the runner reuses: copy them if you keep them acr
 from __future__ import annotations
 
 import copy
+import time
 from abc import ABC, abstractmethod
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,9 @@ class Runner(ABC):
         self.spec = spec
         self.device = torch.device(device)
         self.active = False
+        # seconds of activation and per-shape set-up by step, summed over calls: a worker reports them, as
+        # its start (seconds to tens of seconds) is what a second GPU does not divide
+        self.setup_seconds: Counter[str] = Counter()
         if spec.cuda_graph and self.device.type != "cuda":
             raise LsegTrtError(f"{spec.name}: CUDA graphs need a CUDA device, not {self.device}")
 
@@ -71,7 +76,9 @@ class Runner(ABC):
 
     def activate(self) -> Runner:
         if not self.active:
+            start = time.perf_counter()
             self._activate()
+            self.setup_seconds["activate"] += time.perf_counter() - start
             self.active = True
         return self
 
@@ -216,8 +223,9 @@ def is_unavailable(error: BaseException) -> bool:
 class GraphCache:
     """One captured CUDA graph per input shape around a callable with static input/output buffers."""
 
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], device: torch.device, seconds: Counter[str]) -> None:
         self.fn, self.device = fn, device
+        self.seconds = seconds  # the owner's: where warm-up calls and capture went, summed over shapes
         self.graphs: dict[Shape, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
 
     def capture(self, shape: Shape, dtype: torch.dtype = torch.float32) -> None:
@@ -230,17 +238,22 @@ class GraphCache:
             self._capture(shape, dtype)
 
     def _capture(self, shape: Shape, dtype: torch.dtype) -> None:
+        start = time.perf_counter()
         static_in = torch.randn(shape, device=self.device, dtype=dtype)
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(3):  # warm-up outside capture: allocator, cuDNN/TRT tactic selection, lazy init
                 self.fn(static_in)
+        stream.synchronize()
+        captured = time.perf_counter()
+        self.seconds["warm-up calls"] += captured - start
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static_out = self.fn(static_in)
         self.graphs[shape] = (graph, static_in, static_out)
+        self.seconds["graph capture"] += time.perf_counter() - captured
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         shape = tuple(x.shape)

@@ -73,7 +73,7 @@ class TensorRTRunner(Runner):
             raise LsegTrtError(f"{trt.describe()} cannot load {self.engine_path.name} on this GPU (see its log)")
         self.context = self.engine.create_execution_context()
         self.output_name = self.record.output_name
-        self.graphs = GraphCache(self._execute, self.device) if self.spec.cuda_graph else None
+        self.graphs = GraphCache(self._execute, self.device, self.setup_seconds) if self.spec.cuda_graph else None
         self.bound_input = 0
 
     def _deactivate(self) -> None:

@@ -40,7 +40,7 @@ class TorchRunner(Runner):
         self.model = model
         fn: Callable[[torch.Tensor], torch.Tensor] = self._wrap(model)
         if self.spec.cuda_graph:
-            fn = GraphCache(fn, self.device)
+            fn = GraphCache(fn, self.device, self.setup_seconds)
         self.fn = fn
 
     def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:

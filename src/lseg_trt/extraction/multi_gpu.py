@@ -239,6 +239,9 @@ def _work(spec: ExtractorSpec, name: str, tasks: Queue, output: RunOutput, resul
         now = time.time()
         startup = {"imports": entered - spawned, "device": placed - entered, "model": built - placed}
         startup["warmup"] = now - built
+        # its parts: the runner's activation (weights onto the device), the warm-up calls (the first
+        # compiles or loads kernels) and CUDA graph capture; the rest of the warm-up batch is not split
+        startup.update({f"warmup: {step}": s for step, s in extractor.runner.setup_seconds.items()})
         startup["threads"] = torch.get_num_threads()  # not a stage: which share of the cores it ran on
         startup["total"] = now - spawned
         start = time.perf_counter()
