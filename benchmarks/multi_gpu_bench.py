@@ -91,13 +91,16 @@ def measure(
     os.sync()
     synced = time.perf_counter() - synced
     start = time.perf_counter()
-    # as `lseg-trt extract --devices` does: the weights are read to open the run, no model runs here
-    output = prepare_run(spec.build(devices[0]), items, out, RunOptions(pool=ns.pool, shard_size=shard_size))
+    # as `lseg-trt extract --devices` does: the weights are read (and hashed) to open the run; no model runs
+    # here, nor does CUDA start in this process
+    output = prepare_run(spec.open_on(devices[0]), items, out, RunOptions(pool=ns.pool, shard_size=shard_size))
+    prepared = time.perf_counter() - start
     summary = run_devices(spec, devices, plan_shards(items, shard_size), output)
     seconds = time.perf_counter() - start
     shutil.rmtree(out, ignore_errors=True)  # the features are not needed; two full runs would need twice the disk
     workers = {k: v for k, v in summary.timings.items() if k.startswith("worker")}
     return {
+        "coordinator_s": prepared,  # opening the run, before any worker starts
         "worker_startup_s": summary.startup_by_worker,
         "worker_stages_s": summary.stages_by_worker,
         "devices": devices,
@@ -244,6 +247,22 @@ def render(r: dict) -> str:
     for row in (one, many):
         for worker, seconds in row.get("worker_stages_s", {}).items():
             cells = " | ".join(f"{seconds.get(stage, 0.0):.2f}" for stage in stages)
+            lines.append(f"| {len(row['devices'])} | {worker} | {cells} |")
+    parts = ("warmup: activate", "warmup: warm-up calls", "warmup: graph capture")
+    lines += [
+        "",
+        "Before the workers start, the coordinator opens the run (reads and hashes the weights): "
+        + ", ".join(f"{row['coordinator_s']:.1f} s" for row in (one, many) if "coordinator_s" in row)
+        + ". Where each worker's warm-up went (activate: the weights placed on the device; warm-up calls: "
+        "the first compiles or loads the kernels; rest: the remainder of the warm-up batch):",
+        "",
+        "| devices | worker | warm-up | activate | warm-up calls | graph capture | rest |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in (one, many):
+        for worker, startup in row["worker_startup_s"].items():
+            known = [startup.get(part, 0.0) for part in parts]
+            cells = " | ".join(f"{v:.2f}" for v in [startup["warmup"], *known, startup["warmup"] - sum(known)])
             lines.append(f"| {len(row['devices'])} | {worker} | {cells} |")
     if "sync_before_s" in one:
         lines += [
