@@ -354,18 +354,6 @@ def _drain(queue: Any) -> list[int | None]:
     return taken + [None]
 
 
-def test_the_fork_server_preload_starts_no_thread_nor_process() -> None:
-    """A process that forks must hold one thread: a lock held by another thread at the fork stays locked
-    in the child for ever. Inductor starts a compile pool, but only at the first compilation."""
-    code = (
-        "import threading, multiprocessing\n"
-        "for name in " + repr(multi_gpu.PRELOAD) + ": __import__(name)\n"
-        "print(threading.active_count(), len(multiprocessing.active_children()))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
-    assert done.stdout.split() == ["1", "0"], done.stdout
-
-
 def test_the_fork_server_imports_nothing_from_the_current_folder(tmp_path: Path) -> None:
     """Workers started from a folder holding a module the server would preload must not run it: users
     run extraction from dataset folders, which are not code. (The driver is a script elsewhere, as the

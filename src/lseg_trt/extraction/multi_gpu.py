@@ -166,11 +166,9 @@ def _claimed(tasks: Queue) -> Iterator[ShardSpec]:
         yield shard
 
 
-# imported by the fork server before it forks any worker (on Python 3.10 nothing: see
-# `start_worker_server`). Inductor too: `torch.compile()` imports it (0.85 s on the 2-core machine, 2 s or
-# more on the GPU host, inside each worker's activation); its import starts no thread nor process (a
-# test checks), which a server that forks must not have
-PRELOAD = ["lseg_trt.extraction.multi_gpu", "torch._inductor.compile_fx"] if sys.version_info >= (3, 11) else []
+# imported by the fork server before it forks any worker
+# (on Python 3.10 nothing: see `start_worker_server`)
+PRELOAD = ["lseg_trt.extraction.multi_gpu"] if sys.version_info >= (3, 11) else []
 
 
 def worker_context() -> BaseContext:
