@@ -78,12 +78,15 @@ def test_onnx_info_is_read_once_per_version_of_the_file(vit_onnx: Path, tmp_path
     assert onnx_info(path).metadata["variant"] == "tiny_rn"
 
 
-def test_file_hashes_are_remembered_only_for_files_not_just_written(tmp_path: Path) -> None:
+def test_file_hashes_are_remembered_only_for_files_not_just_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import hashlib
     import time
 
     from lseg_trt import files
 
+    monkeypatch.setattr(files, "_hashed", {})  # the planted hash below stays in this test
     path = tmp_path / "model.bin"
     path.write_bytes(b"a" * 1000)
     first = files.file_sha256(path)
