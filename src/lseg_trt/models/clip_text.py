@@ -6,22 +6,67 @@ has the same parameter names as OpenAI's CLIP text side (`token_embedding`, `pos
 `transformer.resblocks.N.{ln_1, attn, ln_2, mlp.c_fc, mlp.c_proj}`, `ln_final`, `text_projection`),
 so the tensors load without renaming; QuickGELU and argmax (end-of-text) pooling match OpenAI's model.
 The BPE vocabulary ships inside open_clip: nothing is downloaded.
+
+open_clip is imported only where a tower or the tokenizer is built: its `__init__` imports
+`transformers` (and through it scikit-learn) whenever they are installed, 0.6 s of every process
+start on a 2-core CPU machine and 2.7 s on the H200 host, and dense feature extraction never runs the text
+tower. `text_tensor_shapes` lets checkpoints be validated without it, and `LazyTextTower` builds the
+tower the first time it is used.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+import threading
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import TYPE_CHECKING
 
 import torch
-from open_clip.tokenizer import SimpleTokenizer
-from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.models.config import TextTowerConfig
 
+if TYPE_CHECKING:
+    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.transformer import TextTransformer
+
+_BUILD_LOCK = threading.Lock()  # two threads' first `encode_text` build one tower; global, so LSeg still deep-copies
+
+
+def text_tensor_shapes(cfg: TextTowerConfig) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of every tensor of the text tower's state dict (OpenAI's layout, all floating point),
+    in `build_text_tower(cfg).state_dict()` order; the causal mask is a non-persistent buffer, in no
+    state dict. `tests/test_text.py` holds this table to open_clip's module for every variant."""
+    w = cfg.width
+    shapes: dict[str, tuple[int, ...]] = {
+        "positional_embedding": (cfg.context_length, w),
+        "text_projection": (w, cfg.embed_dim),
+        "token_embedding.weight": (cfg.vocab_size, w),
+    }
+    block = {
+        "ln_1.weight": (w,),
+        "ln_1.bias": (w,),
+        "attn.in_proj_weight": (3 * w, w),
+        "attn.in_proj_bias": (3 * w,),
+        "attn.out_proj.weight": (w, w),
+        "attn.out_proj.bias": (w,),
+        "ln_2.weight": (w,),
+        "ln_2.bias": (w,),
+        "mlp.c_fc.weight": (4 * w, w),
+        "mlp.c_fc.bias": (4 * w,),
+        "mlp.c_proj.weight": (w, 4 * w),
+        "mlp.c_proj.bias": (w,),
+    }
+    for i in range(cfg.layers):
+        shapes.update({f"transformer.resblocks.{i}.{k}": shape for k, shape in block.items()})
+    shapes.update({"ln_final.weight": (w,), "ln_final.bias": (w,)})
+    return shapes
+
 
 def build_text_tower(cfg: TextTowerConfig) -> TextTransformer:
     """An OpenAI-layout CLIP text transformer of the given size (randomly initialised)."""
+    from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
+
     return TextTransformer(
         context_length=cfg.context_length,
         vocab_size=cfg.vocab_size,
@@ -35,9 +80,68 @@ def build_text_tower(cfg: TextTowerConfig) -> TextTransformer:
     )
 
 
+def _loaded_text_tower(cfg: TextTowerConfig, state_dict: dict[str, torch.Tensor]) -> TextTransformer:
+    """The tower holding `state_dict`'s tensors themselves (no random init, no copy)."""
+    with torch.device("meta"):
+        tower = build_text_tower(cfg)
+    tower.load_state_dict(state_dict, strict=True, assign=True)
+    # The causal mask is a non-persistent buffer (in no checkpoint): compute it for real.
+    tower.attn_mask = tower.build_causal_mask()
+    return tower
+
+
+def _seeded_text_tower(cfg: TextTowerConfig, rng_state: torch.Tensor) -> TextTransformer:
+    """The tower open_clip's random init makes when the CPU generator is in `rng_state` (the global RNG
+    is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.set_rng_state(rng_state)
+        return build_text_tower(cfg)
+
+
+class LazyTextTower:
+    """CLIP's text tower, built (importing open_clip) the first time `get` is called.
+
+    Until then it is only its recipe: the checkpoint's validated float32 tensors (`from_state_dict`) or
+    the CPU RNG state its seeded random init starts from (`from_rng_state`). The built tower is in eval
+    mode with autograd off.
+    """
+
+    def __init__(self, build: Callable[[], TextTransformer]) -> None:
+        self._build: Callable[[], TextTransformer] | None = build
+        self._module: TextTransformer | None = None
+
+    @classmethod
+    def from_state_dict(cls, cfg: TextTowerConfig, state_dict: dict[str, torch.Tensor]) -> LazyTextTower:
+        return cls(partial(_loaded_text_tower, cfg, state_dict))
+
+    @classmethod
+    def from_rng_state(cls, cfg: TextTowerConfig, rng_state: torch.Tensor) -> LazyTextTower:
+        return cls(partial(_seeded_text_tower, cfg, rng_state))
+
+    @property
+    def built(self) -> bool:
+        return self._module is not None
+
+    def get(self, device: torch.device) -> TextTransformer:
+        """The tower; built and moved to `device` if it was not built yet, else where `to` last put it."""
+        with _BUILD_LOCK:
+            if self._module is None:
+                assert self._build is not None
+                self._module = self._build().to(device).eval().requires_grad_(False)
+                self._build = None  # the module holds the weights now: the recipe's tensors may go
+            return self._module
+
+    def to(self, device: str | torch.device) -> None:
+        """Move the tower if it is built; one built later goes where `get` is told."""
+        if self._module is not None:
+            self._module.to(device)
+
+
 @lru_cache(maxsize=4)
 def tokenizer(context_length: int = 77) -> SimpleTokenizer:
     """open_clip's BPE tokenizer, cached: building it parses the 49k-merge vocabulary."""
+    from open_clip.tokenizer import SimpleTokenizer
+
     return SimpleTokenizer(context_length=context_length)
 
 

@@ -7,19 +7,22 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from open_clip.transformer import TextTransformer
 from torch import nn
 
 import lseg_trt.images as images
 from lseg_trt.files import file_sha256
 from lseg_trt.models.checkpoint import read_checkpoint
-from lseg_trt.models.clip_text import build_text_tower, encode_tokens, tokenize
+from lseg_trt.models.clip_text import LazyTextTower, encode_tokens, tokenize
 from lseg_trt.models.config import LSegConfig, get_config
 from lseg_trt.models.encoder import LSegImageEncoder
 from lseg_trt.models.loading import LoadReport, detect_variant, load_weights
 from lseg_trt.names import component_from_stem
+
+if TYPE_CHECKING:
+    from open_clip.transformer import TextTransformer
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +34,16 @@ LOGIT_SCALE = 1 / 0.07  # lang-seg's fixed temperature (not CLIP's learned logit
 
 @dataclass
 class LSeg:
-    """An LSeg network: image encoder, CLIP text tower, and the input contract of its checkpoint."""
+    """An LSeg network: image encoder, CLIP text tower, and the input contract of its checkpoint.
+
+    The text tower is built on first use of `text_encoder` (`encode_text`, segmentation, `info`): building
+    it imports open_clip, and with it transformers where installed (seconds of every process start),
+    which dense feature extraction, never running the text tower, should not pay.
+    """
 
     config: LSegConfig
     image_encoder: LSegImageEncoder
-    text_encoder: TextTransformer
+    text_tower: LazyTextTower
     source: str  # checkpoint path, or "random"
     report: LoadReport | None = None  # None for random weights
 
@@ -55,6 +63,12 @@ class LSeg:
     @property
     def std(self) -> tuple[float, float, float]:
         return self.config.std
+
+    @property
+    def text_encoder(self) -> TextTransformer:
+        """The CLIP text tower (float32, eval mode, no autograd); built now, on the image encoder's device,
+        if it was not yet."""
+        return self.text_tower.get(self.device)
 
     @property
     def device(self) -> torch.device:
@@ -79,7 +93,7 @@ class LSeg:
 
     def to(self, device: str | torch.device) -> LSeg:
         self.image_encoder.to(device)
-        self.text_encoder.to(device)
+        self.text_tower.to(device)
         return self
 
     def preprocess(self, image: images.ImageLike, size: tuple[int, int] | None = None) -> torch.Tensor:
@@ -125,12 +139,17 @@ def _calibrate_batchnorm(encoder: LSegImageEncoder, generator: torch.Generator) 
 
 
 def random_lseg(variant: str = DEFAULT_VARIANT, seed: int = RANDOM_SEED) -> LSeg:
-    """The embedded default: the real architecture with seeded random weights (no semantics)."""
+    """The embedded default: the real architecture with seeded random weights (no semantics).
+
+    The image encoder and then the text tower are initialised in one RNG stream seeded with `seed`;
+    the text tower is built later, on first use, from the RNG state the image encoder left, so its
+    weights are the same as when both were built here.
+    """
     cfg = get_config(variant)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         image = LSegImageEncoder(cfg)
-        text = build_text_tower(cfg.text)
+        text = LazyTextTower.from_rng_state(cfg.text, torch.get_rng_state())
         generator = torch.Generator().manual_seed(seed)
         _calibrate_batchnorm(image, generator)
     log.info("built %s with seeded random weights (seed %d): features carry no semantics", variant, seed)
@@ -150,13 +169,13 @@ def load_lseg(source: str | Path, *, variant: str | None = None, device: str | t
         return random_lseg(variant or DEFAULT_VARIANT).to(device)
     state_dict = read_checkpoint(source)
     cfg = get_config(variant or detect_variant(state_dict))
-    image, text, report = load_weights(state_dict, cfg)
+    image, text_sd, report = load_weights(state_dict, cfg)
     log.info("loaded %s weights from %s", cfg.name, source)
-    return _finish(LSeg(cfg, image, text, str(source), report)).to(device)
+    return _finish(LSeg(cfg, image, LazyTextTower.from_state_dict(cfg.text, text_sd), str(source), report)).to(device)
 
 
 def _finish(lseg: LSeg) -> LSeg:
-    """Inference only: eval mode (BN running stats) and no autograd bookkeeping."""
-    for module in (lseg.image_encoder, lseg.text_encoder):
-        module.eval().requires_grad_(False)
+    """Inference only: eval mode (BN running stats) and no autograd bookkeeping (the text tower is made so
+    when it is built)."""
+    lseg.image_encoder.eval().requires_grad_(False)
     return lseg

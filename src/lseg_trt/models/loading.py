@@ -1,11 +1,12 @@
 """Which checkpoint tensor goes where: variant detection, strict loading, and the documented ignores.
 
-Every tensor of a lang-seg checkpoint is either loaded into the image encoder or the text tower, or
-ignored for one of the reasons in IGNORED. Anything missing, unexpected, of the wrong shape or of
-the wrong type (integer, complex, sparse, quantized or data-less where our module holds floats) is a
-user error that names the keys: lang-seg's own loaders used `strict=False` and silently dropped
-mismatches. NaN or Inf in the weights is not refused (the user may still want to run), but it is
-counted in the LoadReport and logged, so it cannot pass unseen.
+Every tensor of a lang-seg checkpoint is either loaded into the image encoder or kept for the text
+tower (built on first use, see `clip_text.LazyTextTower`), or ignored for one of the reasons in
+IGNORED. Anything missing, unexpected, of the wrong shape or of the wrong type (integer, complex,
+sparse, quantized or data-less where our module holds floats) is a user error that names the keys:
+lang-seg's own loaders used `strict=False` and silently dropped mismatches. NaN or Inf in the
+weights is not refused (the user may still want to run), but it is counted in the LoadReport and
+logged, so it cannot pass unseen.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from dataclasses import dataclass, field
 from functools import cache
 
 import torch
-from open_clip.transformer import TextTransformer
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.models.clip_text import build_text_tower
+from lseg_trt.models.clip_text import text_tensor_shapes
 from lseg_trt.models.config import VARIANTS, LSegConfig
 from lseg_trt.models.encoder import LSegImageEncoder
 
@@ -76,14 +76,16 @@ def expected_tensors(variant: str) -> dict[str, torch.Tensor]:
     """Key -> meta tensor (shape and dtype) of every tensor our modules take from a checkpoint of `variant`.
 
     Built on the meta device, so instant; the dtypes tell floats from BatchNorm's int64
-    `num_batches_tracked`.
+    `num_batches_tracked`. The text tower's tensors come from its layout table, all float32: building
+    the tower needs open_clip, which loading a network for feature extraction must not import.
     """
     cfg = VARIANTS[variant]
     with torch.device("meta"):
         image = LSegImageEncoder(cfg)
-        text = build_text_tower(cfg.text)
     expected = dict(image.state_dict())
-    expected.update({TEXT_PREFIX + k: v for k, v in text.state_dict().items()})
+    expected.update(
+        {TEXT_PREFIX + k: torch.empty(shape, device="meta") for k, shape in text_tensor_shapes(cfg.text).items()}
+    )
     return expected
 
 
@@ -163,17 +165,19 @@ def check_variant(state_dict: dict[str, torch.Tensor], variant: str) -> None:
 
 def load_weights(
     state_dict: dict[str, torch.Tensor], cfg: LSegConfig
-) -> tuple[LSegImageEncoder, TextTransformer, LoadReport]:
-    """Build both towers directly from the checkpoint tensors (no random init), cast to float32.
+) -> tuple[LSegImageEncoder, dict[str, torch.Tensor], LoadReport]:
+    """The image encoder built directly from the checkpoint tensors (no random init), and the text
+    tower's tensors (keys without `clip_pretrained.`), all checked against the variant and cast to float32.
 
-    The CLIP tensors are partly fp16 in real files (OpenAI's `clip.load` on CUDA converts them);
-    all are loaded as float32. Tensors holding NaN or Inf are loaded, listed in the report and logged.
+    The text tower itself is built from them on first use (`clip_text.LazyTextTower`); the checks here
+    are what make its strict load then succeed. The CLIP tensors are partly fp16 in real files (OpenAI's
+    `clip.load` on CUDA converts them); all are kept as float32. Tensors holding NaN or Inf are loaded,
+    listed in the report and logged.
     """
     check_variant(state_dict, cfg.name)
     check_types(state_dict, cfg.name)
     with torch.device("meta"):
         image = LSegImageEncoder(cfg)
-        text = build_text_tower(cfg.text)
     image_sd, text_sd, ignored = {}, {}, Counter()
     for key, tensor in state_dict.items():
         reason = ignore_reason(key)
@@ -186,9 +190,6 @@ def load_weights(
         else:
             image_sd[key] = tensor
     image.load_state_dict(image_sd, strict=True, assign=True)
-    text.load_state_dict(text_sd, strict=True, assign=True)
-    # The causal mask is a non-persistent buffer (in no checkpoint): compute it for real.
-    text.attn_mask = text.build_causal_mask()
     non_finite = non_finite_keys(image_sd) + [TEXT_PREFIX + k for k in non_finite_keys(text_sd)]
     if non_finite:
         log.warning(
@@ -198,4 +199,4 @@ def load_weights(
             " ..." if len(non_finite) > 5 else "",
         )
     report = LoadReport(len(image_sd), len(text_sd), dict(ignored), non_finite)
-    return image, text, report
+    return image, text_sd, report
