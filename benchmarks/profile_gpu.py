@@ -1,10 +1,15 @@
-"""Where the time goes: CUDA kernel time of the fp16 encoder by kernel class (GPU only).
+"""Where the time goes: CUDA kernel time of the encoder by kernel class, and how fast its matrix work runs.
 
 Usage: python benchmarks/profile_gpu.py VARIANT SIZE [SIZE ...] [--backend NAME] > profile.md
-Runs the backend (default torch-fp16 eager; no `+graph`, so the host gap shows) under torch.profiler for
-10 iterations per size and prints, per size, the wall
-time per forward, the summed kernel time per forward (their gap is host overhead that CUDA graphs
-remove), and kernel time per class (GEMM, attention, convolution, normalisation/elementwise, copies).
+SIZE is `480` (batch 1, 480x480) or `8x480x640` (batch x height x width).
+Runs the backend (default torch-fp16 eager; no `+graph`, so the host gap shows and every kernel is traced)
+under torch.profiler for 10 iterations per size and prints, per size, the wall time per forward, the summed
+kernel time per forward (their gap is host overhead that CUDA graphs remove), and kernel time per class
+(GEMM, convolution, attention, normalisation/elementwise, copies). For GEMMs, convolutions and attention
+it adds the FLOPs lang-seg's network does in them (`torch.utils.flop_counter`, counted on the meta
+device) and the rate and share of the same run's bf16 GEMM ceiling that this kernel time gives: the
+question is whether the gap to the ceiling is in the matrix kernels themselves or around them. A rewrite
+that does less work (the fused backends) shows an effective rate.
 """
 
 from __future__ import annotations
@@ -15,14 +20,18 @@ from collections import defaultdict
 
 import torch
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
 
 from lseg_trt.backends import make_runner, parse_backend
-from lseg_trt.models import load_lseg
+from lseg_trt.bench import matmul_ceiling
+from lseg_trt.models import VARIANTS, LSegImageEncoder, load_lseg
 
+# The first class whose keys a kernel's name holds; convolutions before GEMMs, since cuDNN names its
+# convolution kernels `..._fprop_implicit_gemm_...`.
 CLASSES = (
-    ("attention", ("flash", "fmha", "attention", "attn")),
-    ("gemm", ("gemm", "cutlass", "nvjet", "sm90_xmma", "matmul")),
-    ("convolution", ("conv", "implicit", "fprop", "dgrad", "winograd", "cudnn")),
+    ("attention", ("flash", "fmha", "attention", "attn", "sdpa")),
+    ("convolution", ("fprop", "implicit", "conv", "winograd", "dgrad")),
+    ("gemm", ("gemm", "cutlass", "nvjet", "xmma", "matmul")),
     ("resize / interpolation", ("upsample", "interp", "bilinear")),
     ("copy / cast / layout", ("copy", "cast", "transpose", "nchw", "nhwc", "permute", "cat")),
     (
@@ -30,6 +39,17 @@ CLASSES = (
         ("norm", "elementwise", "reduce", "gelu", "relu", "add", "mul", "triton", "vectorized"),
     ),
 )
+# aten operator name -> the kernel class that computes it. On the meta device SDPA takes its math path,
+# two batched matmuls: the network's only `bmm`s, which the GPU runs as one attention kernel.
+FLOP_CLASSES = {
+    "mm": "gemm",
+    "addmm": "gemm",
+    "bmm": "attention",
+    "convolution": "convolution",
+    "_scaled_dot_product_flash_attention": "attention",
+    "_scaled_dot_product_efficient_attention": "attention",
+    "_scaled_dot_product_cudnn_attention": "attention",
+}
 
 
 def kernel_class(name: str) -> str:
@@ -37,14 +57,36 @@ def kernel_class(name: str) -> str:
     return next((label for label, keys in CLASSES if any(k in low for k in keys)), "other")
 
 
-def main(variant: str, sizes: list[int], backend: str) -> None:
+def parse_size(text: str) -> tuple[int, int, int]:
+    """`480` -> (1, 480, 480); `8x480x640` -> (8, 480, 640)."""
+    parts = [int(p) for p in text.split("x")]
+    return (1, parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1], parts[2])
+
+
+def flops_by_class(variant: str, batch: int, height: int, width: int) -> dict[str, int]:
+    """FLOPs of one forward per kernel class, counted on the meta device."""
+    with torch.device("meta"):
+        encoder = LSegImageEncoder(VARIANTS[variant]).eval()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            encoder(torch.empty(batch, 3, height, width))
+    totals: dict[str, int] = defaultdict(int)
+    for op, flops in counter.get_flop_counts()["Global"].items():
+        name = str(op).split(".")[1] if "." in str(op) else str(op)
+        totals[FLOP_CLASSES.get(name, "other")] += flops
+    return totals
+
+
+def main(variant: str, sizes: list[str], backend: str) -> None:
     lseg = load_lseg("random", variant=variant)
     cache = tempfile.mkdtemp(prefix="lseg-profile-")  # ONNX/engine caches of backends that need them
     runner = make_runner(parse_backend(backend), lseg, "cuda", cache).activate()
     torch.backends.cudnn.benchmark = True
+    ceiling = matmul_ceiling("cuda")["tflops"]
     print(f"# {variant} {backend}: CUDA kernel time per forward ({torch.cuda.get_device_name()})\n")
+    print(f"Same run's bf16 GEMM ceiling: {ceiling:.1f} TFLOP/s.\n")
     for size in sizes:
-        x = torch.randn(1, 3, size, size, device="cuda")
+        batch, height, width = parse_size(size)
+        x = torch.randn(batch, 3, height, width, device="cuda")
         for _ in range(5):
             runner.infer(x)
         torch.cuda.synchronize()
@@ -64,13 +106,21 @@ def main(variant: str, sizes: list[int], backend: str) -> None:
                 ms = event.device_time / 1000 / iters
                 per_class[kernel_class(event.name)] += ms
                 per_kernel[event.name[:90]] += ms
+        flops = flops_by_class(variant, batch, height, width)
         busy = sum(per_class.values())
-        print(f"## {size}x{size}: {wall:.2f} ms per forward, kernels busy {busy:.2f} ms ({100 * busy / wall:.0f} %)\n")
-        print("| kernel class | ms per forward | share of kernel time |\n|---|---|---|")
+        print(
+            f"## batch {batch}, {height}x{width}: {wall:.2f} ms per forward, kernels busy {busy:.2f} ms "
+            f"({100 * busy / wall:.0f} %), {sum(flops.values()) / 1e12:.3f} TFLOP\n"
+        )
+        print("| kernel class | ms per forward | share of kernel time | TFLOP | TFLOP/s | share of ceiling |")
+        print("|---|---|---|---|---|---|")
         for label, ms in sorted(per_class.items(), key=lambda kv: -kv[1]):
-            print(f"| {label} | {ms:.3f} | {100 * ms / busy:.1f} % |")
+            work = flops.get(label, 0) if label != "other" else 0
+            tflops = work / ms / 1e9
+            rate = f"{work / 1e12:.3f} | {tflops:.1f} | {100 * tflops / ceiling:.1f} %" if work else "| |"
+            print(f"| {label} | {ms:.3f} | {100 * ms / busy:.1f} % | {rate} |")
         print("\n| top kernels | ms per forward |\n|---|---|")
-        for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]:
+        for name, ms in sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]:
             print(f"| `{name}` | {ms:.3f} |")
         print()
 
@@ -78,7 +128,7 @@ def main(variant: str, sizes: list[int], backend: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("variant")
-    parser.add_argument("sizes", type=int, nargs="+")
+    parser.add_argument("sizes", nargs="+", help="480 (batch 1, square) or 8x480x640 (batch x height x width)")
     parser.add_argument("--backend", default="torch-fp16")
     args = parser.parse_args()
     main(args.variant, args.sizes, args.backend)
