@@ -29,6 +29,27 @@ def test_hwinfo_markdown_and_json(cli) -> None:  # noqa: ANN001
     assert info["cpu_cores"] >= 1 and info["packages"]["torch"]
 
 
+def test_hwinfo_tells_whether_torch_bytecode_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Python looks for bytecode in an empty folder (PYTHONPYCACHEPREFIX): torch's is missing, and hwinfo
+    must say whether every process compiles it (it explains seconds of every start-up figure); once
+    written there, it is found."""
+    import importlib.util
+    import py_compile
+
+    import torch
+
+    from lseg_trt import hwinfo
+
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    assert hwinfo.torch_bytecode() == "missing: compiled in every process"
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    assert hwinfo.torch_bytecode() == "missing: written on first import"
+    py_compile.compile(torch.__file__, cfile=importlib.util.cache_from_source(torch.__file__), doraise=True)
+    assert str(tmp_path) in importlib.util.cache_from_source(torch.__file__)
+    assert hwinfo.torch_bytecode() == "found"
+
+
 def _no_traceback_one_line(result, message: str) -> None:  # noqa: ANN001
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert message in result.stderr
