@@ -539,6 +539,8 @@ def candidates(bench: Bench) -> list[tuple[str, str, float, Callable[[Case], Any
         items.append((f"sdpa={backend.name} fp16", "fp16", 70, tuned("fp16", sdpa=backend)))
     items.append(("freezing fp16", "fp16", 70, tuned("fp16", options={"freezing": True})))
     items.append(("bf16", "bf16", 70, tuned("bf16")))
+    if bench.args.candidates:  # the named ones only (prefixes of their names)
+        items = [item for item in items if any(item[0].startswith(prefix) for prefix in bench.args.candidates)]
     return items[-1:] if bench.args.quick else items
 
 
@@ -643,6 +645,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="comma list of backends started in fresh processes [%(default)s]",
     )
     parser.add_argument("--quick", action="store_true", help="two cases, fewer iterations, cheap candidates only")
+    parser.add_argument("--candidates", default=None, help="comma list of candidate name prefixes (default: all)")
     parser.add_argument("--budget-s", type=float, default=330.0, help="start no task past this (estimated)")
     parser.add_argument("--iterations", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
@@ -657,6 +660,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.only = [s.strip() for s in args.only.split(",") if s.strip()]
     args.baselines = [b.strip() for b in args.baselines.split(",") if b.strip()]
     args.coldstart = [b.strip() for b in args.coldstart.split(",") if b.strip()]
+    args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()] if args.candidates else None
     unknown = set(args.only) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
