@@ -67,7 +67,8 @@ def test_text_layout_table_is_open_clips_state_dict(variant: str) -> None:
 
 def test_lazy_random_text_tower_is_the_eager_one() -> None:
     """`random_lseg` builds the text tower on first use from the RNG state the image encoder left: its
-    weights must be the ones both towers get in one stream, whatever the global RNG did in between."""
+    weights must be the ones both towers get in one stream, whatever the caller did in between (moved the
+    RNG, changed the default dtype, entered inference mode, as `encode_text` does)."""
     seed, cfg = 3, VARIANTS["tiny_vit"]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -77,12 +78,41 @@ def test_lazy_random_text_tower_is_the_eager_one() -> None:
     assert not lazy.text_tower.built
     torch.randn(1000)  # the caller's RNG moves on before the tower is built
     before = torch.get_rng_state()
-    built = lazy.text_encoder.state_dict()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.inference_mode():
+            tower = lazy.text_encoder
+    finally:
+        torch.set_default_dtype(torch.float32)
+    built = tower.state_dict()
     assert torch.equal(torch.get_rng_state(), before)  # building left the caller's RNG alone
     assert list(built) == list(eager)
     for key, tensor in eager.items():
         assert torch.equal(built[key], tensor), key
-    assert not lazy.text_encoder.training and not any(p.requires_grad for p in lazy.text_encoder.parameters())
+    assert not tower.training and not any(p.requires_grad for p in tower.parameters())
+    assert not any(t.is_inference() for t in [*tower.parameters(), *tower.buffers()])
+
+
+def test_text_tower_first_built_in_encode_text_is_an_ordinary_module(tiny_vit_ckpt: Path) -> None:
+    """`encode_text` runs in inference mode; a tower first built there must not be made of inference
+    tensors (they refuse autograd and in-place updates for good), and it is float32 though the
+    checkpoint stores CLIP in fp16."""
+    lseg = load_lseg(tiny_vit_ckpt)
+    lseg.encode_text(["cat"])
+    tower = lseg.text_encoder
+    tensors = [*tower.parameters(), *tower.buffers()]
+    assert not any(t.is_inference() for t in tensors)
+    assert {p.dtype for p in tower.parameters()} == {torch.float32}
+    tower.ln_final.weight.mul_(1.0)  # an inference tensor would raise here
+
+
+def test_text_tower_that_cannot_be_built_is_a_user_error(tiny_vit: LSeg, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip missing (or of another layout) shows at the first text use, as one error that says what
+    failed, not as an ImportError from deep inside."""
+    lseg = random_lseg("tiny_vit")
+    monkeypatch.setitem(sys.modules, "open_clip.transformer", None)  # `from open_clip.transformer` fails
+    with pytest.raises(LsegTrtError, match="cannot build CLIP's text tower"):
+        lseg.encode_text(["cat"])
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,8 @@ tower the first time it is used.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import lru_cache, partial
 from typing import TYPE_CHECKING
 
@@ -81,10 +82,10 @@ def build_text_tower(cfg: TextTowerConfig) -> TextTransformer:
 
 
 def _loaded_text_tower(cfg: TextTowerConfig, state_dict: dict[str, torch.Tensor]) -> TextTransformer:
-    """The tower holding `state_dict`'s tensors themselves (no random init, no copy)."""
+    """The tower holding `state_dict`'s tensors cast to float32 (no random init)."""
     with torch.device("meta"):
         tower = build_text_tower(cfg)
-    tower.load_state_dict(state_dict, strict=True, assign=True)
+    tower.load_state_dict({k: v.float() for k, v in state_dict.items()}, strict=True, assign=True)
     # The causal mask is a non-persistent buffer (in no checkpoint): compute it for real.
     tower.attn_mask = tower.build_causal_mask()
     return tower
@@ -98,17 +99,34 @@ def _seeded_text_tower(cfg: TextTowerConfig, rng_state: torch.Tensor) -> TextTra
         return build_text_tower(cfg)
 
 
+@contextmanager
+def _as_at_load() -> Iterator[None]:
+    """What building at load time could take for granted, restored for a build on first use: no
+    inference mode (the first use, `encode_text`, runs in one, and the tower's tensors must stay ordinary
+    ones, usable with autograd and in-place updates), the CPU and float32 as defaults (the seeded init
+    draws from the CPU generator; a caller may have changed either default since)."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        with torch.inference_mode(False), torch.device("cpu"):
+            yield
+    finally:
+        torch.set_default_dtype(dtype)
+
+
 class LazyTextTower:
     """CLIP's text tower, built (importing open_clip) the first time `get` is called.
 
-    Until then it is only its recipe: the checkpoint's validated float32 tensors (`from_state_dict`) or
-    the CPU RNG state its seeded random init starts from (`from_rng_state`). The built tower is in eval
-    mode with autograd off.
+    Until then it is only its recipe: the checkpoint's validated tensors in their stored dtype, cast to
+    float32 when built (`from_state_dict`), or the CPU RNG state its seeded random init starts from
+    (`from_rng_state`), and the device `to` last named. The built tower is float32, in eval mode with
+    autograd off.
     """
 
     def __init__(self, build: Callable[[], TextTransformer]) -> None:
         self._build: Callable[[], TextTransformer] | None = build
         self._module: TextTransformer | None = None
+        self._device = torch.device("cpu")
 
     @classmethod
     def from_state_dict(cls, cfg: TextTowerConfig, state_dict: dict[str, torch.Tensor]) -> LazyTextTower:
@@ -122,19 +140,27 @@ class LazyTextTower:
     def built(self) -> bool:
         return self._module is not None
 
-    def get(self, device: torch.device) -> TextTransformer:
-        """The tower; built and moved to `device` if it was not built yet, else where `to` last put it."""
+    def get(self) -> TextTransformer:
+        """The tower; built now, on the device `to` last named, if it was not built yet."""
         with _BUILD_LOCK:
             if self._module is None:
                 assert self._build is not None
-                self._module = self._build().to(device).eval().requires_grad_(False)
+                with _as_at_load():
+                    try:
+                        module = self._build()
+                    except (ImportError, RuntimeError) as e:  # no open_clip, or one of another layout
+                        raise LsegTrtError(f"cannot build CLIP's text tower: {e}") from e
+                    self._module = module.to(self._device).eval().requires_grad_(False)
                 self._build = None  # the module holds the weights now: the recipe's tensors may go
             return self._module
 
     def to(self, device: str | torch.device) -> None:
-        """Move the tower if it is built; one built later goes where `get` is told."""
-        if self._module is not None:
-            self._module.to(device)
+        """Where the tower lives: moved now if built, else built there (under the build's lock, so a
+        concurrent first build cannot land on the old device)."""
+        with _BUILD_LOCK:
+            self._device = torch.device(device)
+            if self._module is not None:
+                self._module.to(self._device)
 
 
 @lru_cache(maxsize=4)

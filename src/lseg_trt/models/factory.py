@@ -66,9 +66,9 @@ class LSeg:
 
     @property
     def text_encoder(self) -> TextTransformer:
-        """The CLIP text tower (float32, eval mode, no autograd); built now, on the image encoder's device,
+        """The CLIP text tower (float32, eval mode, no autograd); built now, where `to` last put this network,
         if it was not yet."""
-        return self.text_tower.get(self.device)
+        return self.text_tower.get()
 
     @property
     def device(self) -> torch.device:

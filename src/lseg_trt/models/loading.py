@@ -166,13 +166,14 @@ def check_variant(state_dict: dict[str, torch.Tensor], variant: str) -> None:
 def load_weights(
     state_dict: dict[str, torch.Tensor], cfg: LSegConfig
 ) -> tuple[LSegImageEncoder, dict[str, torch.Tensor], LoadReport]:
-    """The image encoder built directly from the checkpoint tensors (no random init), and the text
-    tower's tensors (keys without `clip_pretrained.`), all checked against the variant and cast to float32.
+    """The image encoder built directly from the checkpoint tensors (no random init) in float32, and the
+    text tower's tensors (keys without `clip_pretrained.`), all checked against the variant.
 
     The text tower itself is built from them on first use (`clip_text.LazyTextTower`); the checks here
-    are what make its strict load then succeed. The CLIP tensors are partly fp16 in real files (OpenAI's
-    `clip.load` on CUDA converts them); all are kept as float32. Tensors holding NaN or Inf are loaded,
-    listed in the report and logged.
+    are what make its strict load then succeed. Its tensors are kept as stored until then (fp16 in real
+    files, where OpenAI's `clip.load` on CUDA converted them: half the memory of float32 for a tower
+    that extraction never builds) and cast to float32 when it is built. Tensors holding NaN or Inf are
+    loaded, listed in the report and logged.
     """
     check_variant(state_dict, cfg.name)
     check_types(state_dict, cfg.name)
@@ -184,11 +185,10 @@ def load_weights(
         if reason is not None:
             ignored[reason] += 1
             continue
-        tensor = tensor.float() if tensor.is_floating_point() else tensor
-        if key.startswith(TEXT_PREFIX):
+        if key.startswith(TEXT_PREFIX):  # all floating point (checked); cast when the tower is built
             text_sd[key[len(TEXT_PREFIX) :]] = tensor
         else:
-            image_sd[key] = tensor
+            image_sd[key] = tensor.float() if tensor.is_floating_point() else tensor
     image.load_state_dict(image_sd, strict=True, assign=True)
     non_finite = non_finite_keys(image_sd) + [TEXT_PREFIX + k for k in non_finite_keys(text_sd)]
     if non_finite:
