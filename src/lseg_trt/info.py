@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
 
 from lseg_trt.models import LSeg
+from lseg_trt.models.clip_text import text_tensor_shapes
 
 
 def _count(module: nn.Module) -> int:
@@ -29,7 +31,8 @@ def describe(lseg: LSeg) -> dict[str, Any]:
         "parameters": {
             "backbone": _count(encoder.pretrained),
             "decoder": _count(encoder.scratch),
-            "text_tower": _count(lseg.text_encoder),
+            # from the layout, not the module: building the tower would import open_clip just to count
+            "text_tower": sum(math.prod(shape) for shape in text_tensor_shapes(lseg.config.text).values()),
         },
     }
     if lseg.report is not None:
