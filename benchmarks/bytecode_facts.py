@@ -9,13 +9,12 @@ import importlib.util
 import os
 import sys
 
-import torch
-
-package = os.path.dirname(torch.__file__)
-source = os.path.join(package, "_tensor.py")
+# Found, not imported: importing torch would write its bytecode where this process may.
+source = importlib.util.find_spec("torch").origin
+package = os.path.dirname(source)
 bytecode = importlib.util.cache_from_source(source)
 print("sys.dont_write_bytecode:", sys.dont_write_bytecode)
 print("PYTHONDONTWRITEBYTECODE:", os.environ.get("PYTHONDONTWRITEBYTECODE"))
 print("sys.pycache_prefix:", sys.pycache_prefix)
 print("torch at:", package, "writable:", os.access(package, os.W_OK))
-print("bytecode of torch/_tensor.py:", bytecode, "present:", os.path.exists(bytecode))
+print("bytecode of torch/__init__.py:", bytecode, "present:", os.path.exists(bytecode))

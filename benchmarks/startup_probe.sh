@@ -24,9 +24,11 @@ cat "$out/bytecode.txt"
 python3 -m lseg_trt.cli hwinfo > "$out/hwinfo.md" 2>&1
 LSEG_IMPORTS="from lseg_trt.backends import make_runner, parse_backend; from lseg_trt.models import load_lseg"
 
-seconds() {  # seconds of one fresh process running the given Python code
+seconds() {  # seconds of one fresh process running the given Python code ("failed" if it failed)
   local start end
-  start=$(date +%s.%N); python3 -c "$1" >/dev/null 2>&1; end=$(date +%s.%N)
+  start=$(date +%s.%N)
+  python3 -c "$1" >/dev/null 2>&1 || { echo failed; return; }
+  end=$(date +%s.%N)
   python3 -c "print(f'{$end - $start:.2f}')"
 }
 {
