@@ -36,7 +36,7 @@ LOGIT_SCALE = 1 / 0.07  # lang-seg's fixed temperature (not CLIP's learned logit
 class LSeg:
     """An LSeg network: image encoder, CLIP text tower, and the input contract of its checkpoint.
 
-    The text tower is built on first use of `text_encoder` (`encode_text`, segmentation, `info`): building
+    The text tower is built on first use of `text_encoder` (`encode_text`, segmentation): building
     it imports open_clip, and with it transformers where installed (seconds of every process start),
     which dense feature extraction, never running the text tower, should not pay.
     """
