@@ -171,9 +171,9 @@ def load_weights(
 
     The text tower itself is built from them on first use (`clip_text.LazyTextTower`); the checks here
     are what make its strict load then succeed. Its tensors are kept as stored until then (fp16 in real
-    files, where OpenAI's `clip.load` on CUDA converted them: half the memory of float32 for a tower
-    that extraction never builds) and cast to float32 when it is built. Tensors holding NaN or Inf are
-    loaded, listed in the report and logged.
+    files, where OpenAI's `clip.load` on CUDA converted them; views of the memory-mapped file, so a tower
+    that extraction never builds costs no copy) and cast to float32 when it is built. Tensors holding
+    NaN or Inf are loaded, listed in the report and logged.
     """
     check_variant(state_dict, cfg.name)
     check_types(state_dict, cfg.name)
