@@ -42,9 +42,9 @@ def test_hwinfo_tells_whether_torch_bytecode_is_found(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path))
     monkeypatch.setattr(sys, "dont_write_bytecode", True)
-    assert hwinfo.torch_bytecode() == "missing: compiled in every process"
-    monkeypatch.setattr(sys, "dont_write_bytecode", False)
-    assert hwinfo.torch_bytecode() == "missing: written on first import"
+    assert hwinfo.torch_bytecode() == "missing (may not be written): compiled in every process"
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)  # torch is imported: missing means unwritable
+    assert hwinfo.torch_bytecode() == "missing (could not be written): compiled in every process"
     py_compile.compile(torch.__file__, cfile=importlib.util.cache_from_source(torch.__file__), doraise=True)
     assert str(tmp_path) in importlib.util.cache_from_source(torch.__file__)
     assert hwinfo.torch_bytecode() == "found"

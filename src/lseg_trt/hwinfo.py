@@ -97,10 +97,13 @@ def torch_bytecode() -> str:
     """Whether this Python finds torch's compiled bytecode. Without it (`PYTHONDONTWRITEBYTECODE=1` and a
     torch installed without `.pyc` files, as in some container images) every process compiles the
     sources of torch, Dynamo and Inductor before it runs them: 8 s more to first features on the H100
-    host, so a start-up figure means little without this."""
+    host, so a start-up figure means little without this. This module has imported torch, so a file
+    still missing is one Python may not (`sys.dont_write_bytecode`) or could not (a read-only folder)
+    write: either way the next process compiles again."""
     if os.path.exists(importlib.util.cache_from_source(torch.__file__)):  # honours PYTHONPYCACHEPREFIX
         return "found"
-    return "missing: compiled in every process" if sys.dont_write_bytecode else "missing: written on first import"
+    why = "may not be written" if sys.dont_write_bytecode else "could not be written"
+    return f"missing ({why}): compiled in every process"
 
 
 def collect() -> dict[str, Any]:
