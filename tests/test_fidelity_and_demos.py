@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,6 +119,22 @@ def test_fidelity_command(cli, tmp_path: Path) -> None:
     assert {c["candidate"] for c in report["comparisons"]} == {"onnxruntime", "torch-bf16"}
     assert all(c["passed"] for c in report["comparisons"]) and "tensorrt" in report["not_run"]
     assert list((tmp_path / "rep").glob("pca_*.png")) and list((tmp_path / "rep").glob("cosine_*.png"))
+
+
+def test_segment_without_open_clip_is_one_line(cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_clip is imported only when text is first encoded; a missing one is then the user's environment:
+    one line naming what to install, exit code 2, no traceback, no picture written."""
+    from lseg_trt.models.clip_text import tokenizer
+
+    for module in ("open_clip", "open_clip.tokenizer", "open_clip.transformer"):
+        monkeypatch.setitem(sys.modules, module, None)  # importing it fails
+    tokenizer.cache_clear()  # a tokenizer built by an earlier test would need no import
+    result = cli("segment", "--weights", "random", "--variant", "tiny_vit", "--image", str(samples()["coffee"]),
+                 "--labels", "cup, other", "--size", "64", "--out", str(tmp_path / "seg.png"))  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "without open_clip (pip install open_clip_torch)" in result.stderr and "Traceback" not in result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error:" in line]) == 1  # beside the log lines
+    assert not list(tmp_path.iterdir())
 
 
 def test_segment_and_wordfree_commands(cli, tmp_path: Path) -> None:

@@ -16,15 +16,17 @@ tower the first time it is used.
 
 from __future__ import annotations
 
+import importlib
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache, partial
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
 
-from lseg_trt.errors import LsegTrtError
+from lseg_trt.errors import LsegTrtError, MissingDependencyError
 from lseg_trt.models.config import TextTowerConfig
 
 if TYPE_CHECKING:
@@ -64,19 +66,29 @@ def text_tensor_shapes(cfg: TextTowerConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
+def _open_clip(submodule: str) -> ModuleType:
+    """`open_clip.<submodule>`, imported on first use (module docstring); a missing or broken open_clip is
+    the user's environment, so one error that says what to install, for the tower and the tokenizer alike."""
+    try:
+        return importlib.import_module(f"open_clip.{submodule}")
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"cannot build CLIP's text tower or tokenizer without open_clip (pip install open_clip_torch): {e}"
+        ) from e
+
+
 def build_text_tower(cfg: TextTowerConfig) -> TextTransformer:
     """An OpenAI-layout CLIP text transformer of the given size (randomly initialised)."""
-    from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer
-
-    return TextTransformer(
+    transformer = _open_clip("transformer")
+    return transformer.TextTransformer(
         context_length=cfg.context_length,
         vocab_size=cfg.vocab_size,
         width=cfg.width,
         heads=cfg.heads,
         layers=cfg.layers,
         output_dim=cfg.embed_dim,
-        act_layer=QuickGELU,
-        norm_layer=LayerNorm,
+        act_layer=transformer.QuickGELU,
+        norm_layer=transformer.LayerNorm,
         pool_type="argmax",
     )
 
@@ -148,7 +160,7 @@ class LazyTextTower:
                 with _as_at_load():
                     try:
                         module = self._build()
-                    except (ImportError, RuntimeError) as e:  # no open_clip, or one of another layout
+                    except RuntimeError as e:  # an open_clip whose module has another layout
                         raise LsegTrtError(f"cannot build CLIP's text tower: {e}") from e
                     self._module = module.to(self._device).eval().requires_grad_(False)
                 self._build = None  # the module holds the weights now: the recipe's tensors may go
@@ -166,9 +178,7 @@ class LazyTextTower:
 @lru_cache(maxsize=4)
 def tokenizer(context_length: int = 77) -> SimpleTokenizer:
     """open_clip's BPE tokenizer, cached: building it parses the 49k-merge vocabulary."""
-    from open_clip.tokenizer import SimpleTokenizer
-
-    return SimpleTokenizer(context_length=context_length)
+    return _open_clip("tokenizer").SimpleTokenizer(context_length=context_length)
 
 
 def tokenize(labels: list[str], context_length: int = 77) -> torch.Tensor:
