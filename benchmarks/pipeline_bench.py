@@ -131,6 +131,7 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--variant", default="vit_l16")
     p.add_argument("--weights", default="random")
+    p.add_argument("--engine", default=None, help="a TensorRT engine (from `lseg-trt build`) instead of --weights")
     p.add_argument("--backend", default="torch")
     p.add_argument("--size", default="480x640")
     p.add_argument("--batch", type=int, default=8)
@@ -149,13 +150,14 @@ def main() -> None:
     frames = work / "frames"
     make_frames(frames, ns.frames, parts=max(1, min(16, os.cpu_count() or 1, ns.frames)))
     extractor = FeatureExtractor.open(
-        weights=ns.weights, variant=ns.variant, backend=ns.backend, size=size, batch_size=ns.batch,
-        device=ns.device, cache_dir=ns.cache, workers=ns.workers,
+        weights=None if ns.engine else ns.weights, engine=ns.engine, variant=None if ns.engine else ns.variant,
+        backend=ns.backend, size=size, batch_size=ns.batch, device=ns.device, cache_dir=ns.cache, workers=ns.workers,
     )  # fmt: skip
     result: dict = {
         "machine": hwinfo.collect(),
         "lseg_trt": lseg_trt.__version__,
-        "settings": {"variant": ns.variant, "weights": ns.weights, "backend": ns.backend, "size": list(size),
+        "settings": {"variant": extractor.metadata["variant"], "weights": extractor.metadata["weights"],
+                     "engine": Path(ns.engine).name if ns.engine else None, "backend": ns.backend, "size": list(size),
                      "batch": ns.batch, "frames": ns.frames, "frame_size": [720, 1280], "workers": ns.workers,
                      "pool": ns.pool, "device": ns.device},
     }  # fmt: skip

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lseg_trt.artifacts import ModelSource
 from lseg_trt.backends import BackendSpec, Runner, make_runner
 from lseg_trt.backends.base import device_kind, is_oom, is_unavailable
 from lseg_trt.errors import LsegTrtError
@@ -170,7 +171,7 @@ def time_ms(step: Callable[[int], object], device: torch.device, iterations: int
 
 
 def bench(
-    models: Iterable[LSeg],
+    models: Iterable[LSeg | ModelSource],
     specs: Iterable[BackendSpec],
     settings: BenchSettings,
     on_step: Callable[[str], None] | None = None,
@@ -190,24 +191,25 @@ def bench(
 
 
 def _bench(
-    models: Iterable[LSeg],
+    models: Iterable[LSeg | ModelSource],
     specs: Iterable[BackendSpec],
     settings: BenchSettings,
     on_step: Callable[[str], None] | None,
 ) -> list[BenchRow]:
     rows: list[BenchRow] = []
     profile = _profile_for(settings)
-    for lseg in models:
+    for model in models:
+        info = model.info if isinstance(model, ModelSource) else model
         for spec in specs:
             base = {
-                "variant": lseg.variant,
-                "weights": lseg.weights_name,
+                "variant": info.variant,
+                "weights": info.weights_name,
                 "backend": spec.name,
                 "batch": settings.batch,
             }
             runner: Runner | None = None
             try:
-                runner = make_runner(spec, lseg, settings.device, settings.cache_dir, profile).activate()
+                runner = make_runner(spec, model, settings.device, settings.cache_dir, profile).activate()
             except LsegTrtError as e:  # MissingDependencyError included
                 log.warning("%s unavailable: %s", spec.name, e)
                 rows += [BenchRow(**base, height=h, width=w, status=f"unavailable: {e}") for h, w in settings.sizes]
@@ -219,7 +221,7 @@ def _bench(
                 for h, w in settings.sizes:
                     rows.append(_measure(runner, base, (settings.batch, 3, h, w), settings))
                     if on_step:
-                        on_step(f"{lseg.variant} {spec.name} {format_size((h, w))}")
+                        on_step(f"{info.variant} {spec.name} {format_size((h, w))}")
             finally:
                 runner.deactivate()
     return rows

@@ -26,7 +26,7 @@ from lseg_trt.onnx_cache import fp16_sibling, onnx_info
 from lseg_trt.sidecars import file_matches, read_json, stamp
 from lseg_trt.tensorrt.builder import plan_from_onnx, select_flags
 from lseg_trt.tensorrt.compat import FLAVOURS, TensorRT, load
-from lseg_trt.tensorrt.options import BuildOptions, Profile, engine_name
+from lseg_trt.tensorrt.options import BuildOptions, Profile, engine_name, tactic_sources_token
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,9 @@ class EngineRecord:
 
     @property
     def precision(self) -> str:
-        return self.request["precision"]
+        """fp16, fp32, or tf32 for an fp32 engine that may use TF32 kernels (judged like fp16, whose
+        10-bit significand it shares, never like strict fp32)."""
+        return "tf32" if self.request["precision"] == "fp32" and self.request["tf32"] else self.request["precision"]
 
     @staticmethod
     def path_for(engine_path: Path) -> Path:
@@ -190,6 +192,9 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
     source, info, precision, fp16_flag = _source(trt, onnx_path, options, cache_dir)
     flags = select_flags(trt, options, fp16_flag)
     tokens = [f.token for f in flags if f.token]
+    if options.tactic_sources is not None:
+        trt.tactic_source_mask(options.tactic_sources)  # unknown names: a user error before anything is built
+        tokens.append(tactic_sources_token(options.tactic_sources))
     engine = cache_dir / engine_name(source.stem, precision, tokens, options.workspace, options.profile)
     request = {
         "flavour": trt.flavour,
@@ -203,13 +208,16 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
         "workspace": options.workspace,
         "target": gpu_target(),
     }
+    if options.tactic_sources is not None:  # absent otherwise, so engines built before the option stay valid
+        request["tactic_sources"] = list(options.tactic_sources)
     if _reusable(engine, request):
         log.info("reusing %s (sidecar and file match the request)", engine.name)
         return engine
     remove_stale_temps(cache_dir)
     started = time.perf_counter()
     log.info("building %s with %s ...", engine.name, trt.describe())
-    plan = plan_from_onnx(trt, source, options, flags, strongly_typed=precision == "fp16" and not fp16_flag)
+    strongly_typed = precision == "fp16" and not fp16_flag
+    plan = plan_from_onnx(trt, source, options, flags, strongly_typed, info.op_types)
     with atomic_path(engine) as tmp:
         tmp.write_bytes(plan.data)
     seconds = time.perf_counter() - started

@@ -50,7 +50,8 @@ log = logging.getLogger(__name__)
 IO_NAMES = {"lseg-trt": ("image", "features"), "seed": ("input", "output")}
 INPUT_NAME, OUTPUT_NAME = IO_NAMES["lseg-trt"]
 PRECISIONS = ("fp32", "fp16")
-DEFAULT_OPSET = 17  # first opset with LayerNormalization, which TensorRT fuses
+LAYER_NORM_OPSET = 17  # first opset with LayerNormalization, which TensorRT >= 8.6 fuses and 8.5 cannot parse
+DEFAULT_OPSET = LAYER_NORM_OPSET
 MIN_OPSET = 14  # the oldest opset the encoders export with (tested); 17 adds LayerNormalization
 VERIFY_SIZES = ((256, 256), (256, 384))  # small, one non-square: the check must stay cheap on a CPU
 CPU_FP16_NOTE = (
@@ -197,6 +198,7 @@ class OnnxInfo:
     opset: int
     precision: str  # from the weights' own type (metadata that claims otherwise is refused)
     channels: int | None  # the output's feature dimension when the graph fixes it
+    op_types: frozenset[str] = frozenset()  # standard-domain operators, asked of a TensorRT parser before parsing
 
 
 def inspect_onnx(path: str | Path) -> OnnxInfo:
@@ -217,7 +219,8 @@ def inspect_onnx(path: str | Path) -> OnnxInfo:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), DEFAULT_OPSET)
     dims = model.graph.output[0].type.tensor_type.shape.dim if model.graph.output else []
     channels = dims[1].dim_value if len(dims) > 1 and dims[1].HasField("dim_value") else None
-    return OnnxInfo(meta, opset, precision, channels)
+    op_types = frozenset(n.op_type for n in model.graph.node if n.domain in ("", "ai.onnx"))
+    return OnnxInfo(meta, opset, precision, channels, op_types)
 
 
 def onnx_from_lseg(

@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from lseg_trt.backends import make_runner, parse_backend
+from lseg_trt.artifacts import ModelSource
+from lseg_trt.backends import BackendSpec, make_runner, parse_backend
 from lseg_trt.backends.base import device_kind, is_unavailable
 from lseg_trt.compare import Comparison, judge
+from lseg_trt.errors import LsegTrtError
 from lseg_trt.images import preprocess
 from lseg_trt.metrics import compare_features
 from lseg_trt.models import LSeg
@@ -64,6 +66,11 @@ def strict_fp32() -> Iterator[None]:
             setattr(flag, name, value)
 
 
+def engine_of(source: ModelSource, lseg: LSeg) -> bool:
+    """Whether an engine was built from this very network (variant and weights' sha256, from its sidecar)."""
+    return source.info.variant == lseg.variant and source.info.weights_sha256 == lseg.weights_sha256
+
+
 def run_fidelity(
     lseg: LSeg,
     backends: list[str],
@@ -72,25 +79,31 @@ def run_fidelity(
     device: str,
     cache_dir: str | Path,
     out_dir: Path | None = None,
+    engines: list[tuple[ModelSource, BackendSpec]] = (),  # type: ignore[assignment]
 ) -> tuple[list[Comparison], dict[str, str]]:
-    """Every backend against torch fp32 (float32 reference) on `images` x `sizes`; pictures into `out_dir`.
+    """Every backend, and every engine built from `lseg` (`engine_of`), against torch fp32 (float32
+    reference) on `images` x `sizes`; pictures into `out_dir`.
 
     Returns the comparisons and, per backend that could not run here, the reason.
     """
     from tqdm import tqdm
 
     specs = [parse_backend(b) for b in backends]
+    clashing = [spec.name for spec in {spec.name: spec for _, spec in engines}.values()]
+    if len(clashing) != len(engines) or set(clashing) & {s.name for s in specs}:
+        raise LsegTrtError("give at most one engine per precision, and no --backends of the same name")
     inputs = {
         (name, size): preprocess(path, size, lseg.mean, lseg.std) for name, path in images.items() for size in sizes
     }
     outputs: dict[str, dict[tuple[str, tuple[int, int]], np.ndarray]] = {}
     skipped: dict[str, str] = {}
-    order = [parse_backend(REFERENCE), *[s for s in specs if s.name != REFERENCE]]
+    order = [(parse_backend(REFERENCE), lseg), *[(s, lseg) for s in specs if s.name != REFERENCE]]
+    order += [(spec, source) for source, spec in engines]
     with strict_fp32(), tqdm(total=len(inputs) * len(order), desc=f"fidelity {lseg.variant}", unit="map") as bar:
-        for spec in order:
+        for spec, model in order:
             results: dict[tuple[str, tuple[int, int]], np.ndarray] = {}
             try:
-                with make_runner(spec, lseg, device, cache_dir) as runner:
+                with make_runner(spec, model, device, cache_dir) as runner:
                     for key, x in inputs.items():
                         results[key] = runner.infer_host(x).numpy()
                         bar.update()

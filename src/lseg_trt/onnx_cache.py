@@ -14,7 +14,7 @@ import logging
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.export import OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
+from lseg_trt.export import DEFAULT_OPSET, OnnxInfo, inspect_onnx, onnx_from_lseg, onnx_name, verified
 from lseg_trt.files import file_version
 from lseg_trt.models import VARIANTS, LSeg, load_lseg
 from lseg_trt.models.fused import GRAPH
@@ -34,18 +34,19 @@ def _inspect(path: str, *version: int) -> OnnxInfo:
     return inspect_onnx(path)
 
 
-def onnx_for(lseg: LSeg, precision: str, cache_dir: Path) -> Path:
+def onnx_for(lseg: LSeg, precision: str, cache_dir: Path, opset: int = DEFAULT_OPSET) -> Path:
     """`<cache_dir>/lseg_<variant>_<weights>_<precision>.onnx`, exported (and verified) unless a verified
-    export of these very weights is already there."""
+    export of these very weights is already there, at an opset no newer than `opset` (an older one runs
+    wherever the newer does; TensorRT 8.x's parser takes nothing past 16)."""
     path = Path(cache_dir) / onnx_name(lseg, precision)
     if path.is_file():
-        meta = onnx_info(path).metadata
-        current = meta.get("io_names") == "lseg-trt" and meta.get("graph") == GRAPH
-        if _same_weights(meta, lseg.variant, lseg.weights_sha256) and current:
+        info = onnx_info(path)
+        current = info.metadata.get("io_names") == "lseg-trt" and info.metadata.get("graph") == GRAPH
+        if _same_weights(info.metadata, lseg.variant, lseg.weights_sha256) and current and info.opset <= opset:
             log.info("reusing %s", path)
             return path
-        log.info("re-exporting %s: made from other weights, by an older version, or never verified", path.name)
-    return onnx_from_lseg(lseg, cache_dir, precision).path
+        log.info("re-exporting %s: other weights, an older version, never verified, or opset > %d", path.name, opset)
+    return onnx_from_lseg(lseg, cache_dir, precision, opset).path
 
 
 def _same_weights(meta: dict[str, str], variant: str | None, sha256: str | None) -> bool:

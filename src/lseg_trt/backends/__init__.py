@@ -5,7 +5,7 @@ optional `+graph` to replay one CUDA graph per static shape (GPU only, where the
 `torch` (fp32), `torch-fp16`, `torch-bf16`, `torch-compile[-fp16|-bf16]` (Inductor),
 `torch-fused[-bf16|-fp32]` and `torch-compile-fused[-bf16|-fp32]` (the inference rewrite of
 `lseg_trt.models.fused`, fp16 by default), `torch-aoti[-bf16|-fp32]` (AOTInductor packages, fp16 by default),
-`onnxruntime[-fp16]`, `tensorrt[-fp32]`.
+`onnxruntime[-fp16]`, `tensorrt[-fp32|-tf32]` (`-tf32`: an fp32 engine allowed TF32 kernels).
 
 Adding a backend: write its runner (a `Runner` subclass with `from_source`) in a module of this
 package and add one `REGISTRY` entry. Runner classes are imported only when used, so importing this
@@ -58,7 +58,7 @@ REGISTRY: dict[str, Backend] = {
         "lseg_trt.backends.onnxruntime:OnnxRuntimeRunner", ("fp32", "fp16"), False, ("weights", "onnx")
     ),
     "tensorrt": Backend(
-        "lseg_trt.backends.tensorrt:TensorRTRunner", ("fp16", "fp32"), True, ("weights", "onnx", "engine")
+        "lseg_trt.backends.tensorrt:TensorRTRunner", ("fp16", "fp32", "tf32"), True, ("weights", "onnx", "engine")
     ),
 }
 

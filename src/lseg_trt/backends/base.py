@@ -164,13 +164,15 @@ def lseg_of(source: ModelSource, backend: str) -> LSeg:
     return source.lseg
 
 
-def onnx_of(source: ModelSource, precision: str, cache_dir: Path, backend: str) -> Path:
-    """The ONNX file a source runs as: its own, or the cached export of its weights."""
+def onnx_of(source: ModelSource, precision: str, cache_dir: Path, backend: str, opset: int | None = None) -> Path:
+    """The ONNX file a source runs as: its own, or the cached export of its weights (at most at `opset`,
+    by default the exporter's)."""
+    from lseg_trt.export import DEFAULT_OPSET
     from lseg_trt.onnx_cache import onnx_for
 
     if source.kind == "onnx":
         return source.path  # type: ignore[return-value]
-    return onnx_for(lseg_of(source, backend), precision, cache_dir / "onnx")
+    return onnx_for(lseg_of(source, backend), precision, cache_dir / "onnx", opset or DEFAULT_OPSET)
 
 
 def checked_device(name: str, option: str, choices: str) -> str:

@@ -17,6 +17,7 @@ import torch
 from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, onnx_of
 from lseg_trt.engines import EngineRecord
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.export import LAYER_NORM_OPSET
 from lseg_trt.tensorrt.compat import load
 from lseg_trt.tensorrt.options import BuildOptions, Profile, format_shape
 
@@ -53,12 +54,17 @@ class TensorRTRunner(Runner):
 
         if source.kind == "engine":
             return cls(source.path, spec, device, source.record)  # type: ignore[arg-type]
-        options = BuildOptions(fp16=spec.precision == "fp16", profile=profile or Profile())
+        options = BuildOptions(
+            fp16=spec.precision == "fp16", tf32=spec.precision == "tf32", profile=profile or Profile()
+        )
         # A strongly typed TensorRT (no FP16 flag) builds fp16 engines from an fp16 model: exported here from
         # the weights in memory, into the ONNX cache onnxruntime-fp16 shares, not re-loaded from the
         # checkpoint by the engine cache's fallback (`onnx_cache.fp16_sibling`).
-        strongly_typed = options.fp16 and not load(options.flavour).has_fp16_flag
-        onnx_path = onnx_of(source, "fp16" if strongly_typed else "fp32", cache_dir, spec.name)
+        trt = load(options.flavour)
+        strongly_typed = options.fp16 and not trt.has_fp16_flag
+        # TensorRT 8.x parses no LayerNormalization: export for it at the last opset without one
+        opset = None if trt.parser_supports("LayerNormalization") else LAYER_NORM_OPSET - 1
+        onnx_path = onnx_of(source, "fp16" if strongly_typed else "fp32", cache_dir, spec.name, opset)
         return cls(engine_for(onnx_path, options, cache_dir / "engines"), spec, device)  # type: ignore[arg-type]
 
     def _activate(self) -> None:

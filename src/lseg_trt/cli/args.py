@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
@@ -102,11 +103,32 @@ def add_weight_sources_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--variants", default="vit_l16,rn101_zs", help="for random weights [%(default)s]")
 
 
+def add_engine_args(parser: argparse.ArgumentParser, role: str) -> None:
+    parser.add_argument(
+        "--engine", action="append", default=[], help=f"a TensorRT engine from `lseg-trt build` (repeatable): {role}"
+    )
+
+
+def engines_from_args(ns: argparse.Namespace, device: str) -> list:  # noqa: ANN201 - [(ModelSource, BackendSpec)]
+    """Each --engine opened (sidecar checked) with the backend that runs it: `tensorrt` in the engine's own
+    precision, replaying CUDA graphs on a GPU as the fastest way to run it."""
+    from lseg_trt.artifacts import open_model
+    from lseg_trt.backends import backend_for
+
+    engines = []
+    for path in ns.engine:
+        source = open_model(engine=path)
+        spec = backend_for(source)
+        engines.append((source, replace(spec, cuda_graph=device.startswith("cuda"))))
+    return engines
+
+
 SEED_FOLDERS = {"ViT": "vit_l16", "Resnet": "rn101_zs"}
 
 
-def weight_sources_from_args(ns: argparse.Namespace) -> list[tuple[str, str | None]]:
-    """(weights, variant) pairs: a seed-style folder, explicit --weights, or random for each of --variants."""
+def weight_sources_from_args(ns: argparse.Namespace, default: bool = True) -> list[tuple[str, str | None]]:
+    """(weights, variant) pairs: a seed-style folder, explicit --weights, or (when `default`) random for each
+    of --variants."""
     if ns.weights_dir:
         root = Path(ns.weights_dir)
         if not root.is_dir():
@@ -117,6 +139,8 @@ def weight_sources_from_args(ns: argparse.Namespace) -> list[tuple[str, str | No
         return found
     if ns.weights:
         return [(w, ns.variant) for w in ns.weights]
+    if not default:
+        return []
     from lseg_trt.models import get_config
 
     variants = [v.strip() for v in ns.variants.split(",") if v.strip()]
@@ -167,6 +191,8 @@ def add_backends_args(parser: argparse.ArgumentParser, help_text: str) -> None:
 def backends_from_args(ns: argparse.Namespace, default: str) -> list:  # noqa: ANN201 - list[BackendSpec]
     from lseg_trt.backends import parse_backends
 
+    if ns.backends is None and not default:
+        return []
     return parse_backends(",".join(ns.backends) if ns.backends is not None else default)
 
 

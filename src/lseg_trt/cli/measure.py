@@ -12,10 +12,12 @@ from lseg_trt.cli.args import (
     Parser,
     add_backends_args,
     add_device_args,
+    add_engine_args,
     add_weight_sources_args,
     backends_from_args,
     batch_size,
     device_from_args,
+    engines_from_args,
     non_negative_int,
     out_dir_from,
     positive_int,
@@ -37,8 +39,9 @@ def run_bench(ns: argparse.Namespace) -> int:
     device = device_from_args(ns)
     defaults = defaults_for(device)
     sizes = tuple(sizes_from(ns.sizes)) if ns.sizes else defaults["sizes"]
+    engines = engines_from_args(ns, device)
     specs = backends_from_args(ns, defaults["backends"])
-    sources = weight_sources_from_args(ns)
+    sources = weight_sources_from_args(ns, default=not engines)
     out = out_dir_from(ns.out)
     settings = BenchSettings(
         sizes=sizes,
@@ -51,10 +54,16 @@ def run_bench(ns: argparse.Namespace) -> int:
     )
     ceiling = matmul_ceiling(device) if device.startswith("cuda") and not ns.no_ceiling else None
     rows = []
-    with tqdm(total=len(sources) * len(specs) * len(sizes), desc="bench", unit="run") as bar:
+    with tqdm(total=(len(sources) * len(specs) + len(engines)) * len(sizes), desc="bench", unit="run") as bar:
+
+        def step(label: str) -> None:
+            bar.set_postfix_str(label)
+            bar.update()
+
         for weights, variant in sources:
-            lseg = load_lseg(weights, variant=variant)
-            rows += bench([lseg], specs, settings, on_step=lambda label: (bar.set_postfix_str(label), bar.update()))
+            rows += bench([load_lseg(weights, variant=variant)], specs, settings, on_step=step)
+        for source, spec in engines:
+            rows += bench([source], [spec], settings, on_step=step)
     command = "lseg-trt " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     paths = write_results(rows, out, hwinfo.collect(), command, dataclasses.asdict(settings), ceiling)
     print(paths.report.markdown.read_text())
@@ -70,7 +79,7 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     from lseg_trt import hwinfo
     from lseg_trt.compare import markdown
     from lseg_trt.errors import LsegTrtError
-    from lseg_trt.fidelity import defaults_for, report_record, run_fidelity
+    from lseg_trt.fidelity import defaults_for, engine_of, report_record, run_fidelity
     from lseg_trt.images import samples
     from lseg_trt.models import load_lseg
     from lseg_trt.reports import write_report
@@ -78,13 +87,18 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     device = device_from_args(ns)
     defaults = defaults_for(device)
     sizes = sizes_from(ns.sizes) if ns.sizes else list(defaults["sizes"])
-    backends = [s.name for s in backends_from_args(ns, defaults["backends"])]
+    engines = engines_from_args(ns, "cpu")  # one-off inputs of many sizes: no CUDA graphs
+    backends = [s.name for s in backends_from_args(ns, "" if engines else defaults["backends"])]
     sources = weight_sources_from_args(ns)
     out = out_dir_from(ns.out)
     comparisons, skipped = [], {}
-    for weights, variant in sources:
-        lseg = load_lseg(weights, variant=variant)
-        found, missing = run_fidelity(lseg, backends, samples(), sizes, device, ns.cache, out)
+    networks = [load_lseg(weights, variant=variant) for weights, variant in sources]
+    unmatched = [str(source.path) for source, _ in engines if not any(engine_of(source, n) for n in networks)]
+    if unmatched:
+        raise LsegTrtError(f"--engine {', '.join(unmatched)}: built from none of the weights given (--weights)")
+    for lseg in networks:
+        own = [(source, spec) for source, spec in engines if engine_of(source, lseg)]
+        found, missing = run_fidelity(lseg, backends, samples(), sizes, device, ns.cache, out, own)
         comparisons += found
         skipped.update(missing)
     if not comparisons:
@@ -108,7 +122,8 @@ def run_fidelity(ns: argparse.Namespace) -> int:
 def _bench_args(p: Parser) -> None:
     add_weight_sources_args(p)
     p.add_argument("--sizes", nargs="+", help="N or HxW; default 256 320 on CPU, 256..1024 on GPU")
-    add_backends_args(p, "e.g. torch,torch-fp16+graph (default depends on the device)")
+    add_backends_args(p, "e.g. torch,torch-fp16+graph (default depends on the device; none with --engine)")
+    add_engine_args(p, "timed as tensorrt in its own precision, with CUDA graphs on a GPU")
     p.add_argument("--batch", type=batch_size, default=1, help="[%(default)s]")
     p.add_argument("--iterations", type=positive_int, help="timed iterations (default 5 on CPU, 50 on GPU)")
     p.add_argument("--warmup", type=non_negative_int, help="discarded iterations (default 1 on CPU, 10 on GPU)")
@@ -120,7 +135,8 @@ def _bench_args(p: Parser) -> None:
 
 def _fidelity_args(p: Parser) -> None:
     add_weight_sources_args(p)
-    add_backends_args(p, "compared with torch fp32 (default depends on the device)")
+    add_backends_args(p, "compared with torch fp32 (default depends on the device; none with --engine)")
+    add_engine_args(p, "compared with torch fp32 of the --weights it was built from")
     p.add_argument("--sizes", nargs="+", help="default 256 256x352 on CPU, 480 480x640 1024 on GPU")
     add_device_args(p)
     p.add_argument("--out", default="outputs/fidelity", help="report folder [%(default)s]")

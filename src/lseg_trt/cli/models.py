@@ -45,7 +45,7 @@ def run_build(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lseg_trt.engines import engine_for
-    from lseg_trt.tensorrt.options import BuildOptions, Profile, parse_shape
+    from lseg_trt.tensorrt.options import BuildOptions, Profile, parse_shape, parse_tactic_sources
 
     options = BuildOptions(
         fp16=ns.fp16,
@@ -58,6 +58,7 @@ def run_build(ns: argparse.Namespace) -> int:
         gpu_fallback=ns.gpu_fallback,
         debug=ns.debug,
         flavour=ns.flavour,
+        tactic_sources=parse_tactic_sources(ns.tactic_sources) if ns.tactic_sources is not None else None,
     )
     options.validate()
     print(engine_for(Path(ns.onnx), options, out_dir_from(ns.out)))
@@ -108,6 +109,11 @@ def _build_args(p: Parser) -> None:
     p.add_argument("--gpu-fallback", action="store_true", help="GPU_FALLBACK (a DLA option)")
     p.add_argument("--debug", action="store_true", help="DEBUG: sync after every layer; not for benchmarks")
     p.add_argument("--flavour", choices=("auto", "tensorrt", "tensorrt-rtx"), default="auto", help="[%(default)s]")
+    p.add_argument(
+        "--tactic-sources",
+        help="TacticSource names, comma-separated (e.g. cublas,cudnn,jit_convolutions), or none for TensorRT's "
+        "own kernels only; default: the flavour's default set",
+    )
     p.add_argument("--out", default="models/engines", help="output folder [%(default)s]")
 
 

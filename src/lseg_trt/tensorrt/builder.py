@@ -64,14 +64,29 @@ def select_flags(trt: TensorRT, options: BuildOptions, fp16_flag: bool) -> list[
 
 
 def plan_from_onnx(
-    trt: TensorRT, onnx_path: Path, options: BuildOptions, flags: list[Flag], strongly_typed: bool
+    trt: TensorRT,
+    onnx_path: Path,
+    options: BuildOptions,
+    flags: list[Flag],
+    strongly_typed: bool,
+    op_types: frozenset[str] = frozenset(),
 ) -> Plan:
-    """Parse `onnx_path` (one image input of rank 4) and build it with one optimisation profile."""
+    """Parse `onnx_path` (one image input of rank 4, made of `op_types`) and build it with one
+    optimisation profile."""
     m = trt.module
     logger = trt.logger()
     builder = m.Builder(logger)
     network = builder.create_network(trt.network_flags(strongly_typed))
     parser = m.OnnxParser(network, logger)
+    missing = trt.unsupported_operators(parser, op_types)
+    if missing:
+        hint = (
+            "; export it at opset 16, which writes LayerNormalization as primitive operators: "
+            "`lseg-trt export --opset 16`"
+            if "LayerNormalization" in missing
+            else ""
+        )
+        raise LsegTrtError(f"{trt.describe()}'s ONNX parser has no {', '.join(missing)} (in {onnx_path.name}){hint}")
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise LsegTrtError(f"TensorRT cannot parse {onnx_path}: {errors or 'unknown error'}")
@@ -92,6 +107,8 @@ def plan_from_onnx(
         config.clear_flag(tf32)
     for flag in flags:
         config.set_flag(flag.flag)
+    if options.tactic_sources is not None:
+        config.set_tactic_sources(trt.tactic_source_mask(options.tactic_sources))
     profile = builder.create_optimization_profile()
     profile.set_shape(tensor.name, options.profile.min, options.profile.opt, options.profile.max)
     config.add_optimization_profile(profile)

@@ -1,9 +1,12 @@
-"""The only module that knows TensorRT comes in flavours.
+"""The only module that knows TensorRT comes in flavours and generations.
 
-`tensorrt` 10.x has `BuilderFlag.FP16` (weakly typed networks may pick fp16 kernels); TensorRT 11 and
+`tensorrt` 8.5-10.x has `BuilderFlag.FP16` (weakly typed networks may pick fp16 kernels); TensorRT 11 and
 TensorRT-RTX (`tensorrt_rtx_bindings`, which also builds ahead-of-time on a machine without a GPU)
-build only strongly typed networks, so precision comes from the ONNX file's own types. Everything
-else asks this module what the installed flavour can do; nothing else parses version strings.
+build only strongly typed networks, so precision comes from the ONNX file's own types. TensorRT 8.x
+(JetPack 5's, and the first with Hopper kernels) still defaults to implicit-batch networks, has no
+strongly typed ones, and its ONNX parser lacks some operators (LayerNormalization, opset 17).
+Everything else asks this module what the installed flavour can do, by probing its API; nothing
+parses version strings.
 """
 
 from __future__ import annotations
@@ -51,11 +54,46 @@ class TensorRT:
         """The named BuilderFlag, or None when this flavour lacks it (callers log the skip)."""
         return getattr(self.module.BuilderFlag, name, None)
 
+    @property
+    def has_implicit_batch(self) -> bool:
+        """TensorRT < 10 still builds implicit-batch networks unless told otherwise; its builder is the
+        one that kept `max_batch_size`, the implicit-batch setting that 10 removed."""
+        return hasattr(self.module.Builder, "max_batch_size")
+
     def network_flags(self, strongly_typed: bool) -> int:
-        """Creation flags: explicit batch is the only mode since TensorRT 10; request strong typing
-        where the flavour offers the flag (RTX and 11 are strongly typed regardless)."""
-        flag = getattr(self.module.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
-        return (1 << int(flag)) if (strongly_typed and flag is not None) else 0
+        """Creation flags: explicit batch (asked for where implicit batch still exists, the only mode since
+        TensorRT 10); strong typing where the flavour offers the flag (RTX and 11 are strongly typed
+        regardless, 8.x has no such networks)."""
+        creation = self.module.NetworkDefinitionCreationFlag
+        flags = (1 << int(creation.EXPLICIT_BATCH)) if self.has_implicit_batch else 0
+        typed = getattr(creation, "STRONGLY_TYPED", None)
+        return flags | ((1 << int(typed)) if (strongly_typed and typed is not None) else 0)
+
+    def tactic_source_names(self) -> list[str]:
+        """The `TacticSource` members this flavour knows (cuBLAS, cuDNN, ... in TensorRT 8-10; RTX has none)."""
+        sources = getattr(self.module, "TacticSource", None)
+        return sorted(getattr(sources, "__members__", {})) if sources is not None else []
+
+    def tactic_source_mask(self, names: tuple[str, ...]) -> int:
+        """The bit mask `IBuilderConfig.set_tactic_sources` takes for these `TacticSource` names."""
+        known = self.tactic_source_names()
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            choices = ", ".join(known) or "none: this flavour picks its kernels itself"
+            raise LsegTrtError(
+                f"--tactic-sources: {', '.join(unknown)} not in {self.describe()}'s TacticSource; known: {choices}"
+            )
+        return sum(1 << int(getattr(self.module.TacticSource, n)) for n in names)
+
+    def parser_supports(self, op_type: str) -> bool:
+        """Whether this flavour's ONNX parser imports `op_type` (asked of a parser on an empty network)."""
+        return _parser_supports(self, op_type)
+
+    @staticmethod
+    def unsupported_operators(parser, op_types: frozenset[str]) -> list[str]:  # noqa: ANN001 - a trt.OnnxParser
+        """The operators of a model this ONNX parser has no importer for (empty where it cannot tell)."""
+        supports = getattr(parser, "supports_operator", None)
+        return sorted(op for op in op_types if supports is not None and not supports(op))
 
     def describe(self) -> str:
         return f"{self.flavour} {self.version}"
@@ -80,6 +118,13 @@ def _stderr_logger_class(module: ModuleType) -> type:
                 print(f"[{self.flavour}] {severity.name}: {msg}", file=sys.stderr, flush=True)
 
     return StderrLogger
+
+
+@cache
+def _parser_supports(trt: TensorRT, op_type: str) -> bool:
+    logger = trt.logger("ERROR")
+    network = trt.module.Builder(logger).create_network(trt.network_flags(False))
+    return not trt.unsupported_operators(trt.module.OnnxParser(network, logger), frozenset({op_type}))
 
 
 @cache

@@ -2,7 +2,8 @@
 
 Engine names: `<onnx-stem>__<precision>[_<flag>...]_ws<MiB>MiB_<profile>.engine`, e.g.
 `lseg_vit_l16_random_fp32__fp32_sparse_ws2048MiB_b1_h256-480-1024_w256-480-1024.engine`.
-Flags appear only when really applied (`tf32` when TF32 kernels are allowed; absent means strict fp32).
+Flags appear only when really applied (`tf32` when TF32 kernels are allowed; absent means strict fp32;
+`tac-<sources>` when the tactic sources are not TensorRT's default set, `tac-none` for its own kernels only).
 The profile token gives min-opt-max of batch, height and width; an axis whose three values are equal
 shows one number. Two profiles therefore never share a file.
 """
@@ -81,6 +82,9 @@ class BuildOptions:
     gpu_fallback: bool = False
     debug: bool = False
     flavour: str = "auto"
+    # TacticSource names, () for TensorRT's own kernels only; None keeps the flavour's default set. A
+    # TensorRT without cuBLAS/cuDNN libraries (or with stand-ins for them) must leave them out.
+    tactic_sources: tuple[str, ...] | None = None
 
     def validate(self) -> None:
         self.profile.validate()
@@ -107,6 +111,21 @@ def profile_token(profile: Profile) -> str:
         return str(values[0]) if len(set(values)) == 1 else "-".join(map(str, values))
 
     return f"b{axis(0)}_h{axis(2)}_w{axis(3)}"
+
+
+def parse_tactic_sources(text: str) -> tuple[str, ...]:
+    """`cublas,CUDNN` -> ("CUBLAS", "CUDNN"); `none` -> () (TensorRT's own kernels only)."""
+    names = [part.strip().upper() for part in text.split(",") if part.strip()]
+    if names == ["NONE"]:
+        return ()
+    if not names or "NONE" in names or not all(n.replace("_", "").isalpha() and n.isascii() for n in names):
+        raise LsegTrtError(f"--tactic-sources {text!r}: give TacticSource names separated by commas, or none")
+    return tuple(sorted(set(names)))
+
+
+def tactic_sources_token(sources: tuple[str, ...]) -> str:
+    """`tac-none`, `tac-cublas+cudnn`: the engine-name token of a tactic-source choice."""
+    return "tac-" + ("+".join(n.lower().replace("_", "") for n in sources) or "none")
 
 
 def engine_name(onnx_stem: str, precision: str, applied_flags: list[str], workspace: int, profile: Profile) -> str:

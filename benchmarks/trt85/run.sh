@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The TensorRT 8.5 run of issue 22 on the GPU machine, after receive.sh has unpacked TensorRT to /tmp/trt85/pkg.
+# Engines are built through `lseg-trt build` and run through `lseg-trt bench`, `fidelity` and `extract --engine`
+# beside the torch backends (fp32 eager, the seed's baseline; torch-compile-fp16+graph, our best), in one run on
+# one machine. Stages go in order of value, each writing its results as soon as it ends, so a run cut short by
+# the device time still returns what it finished; collect.sh packs them. Usage (started by start.sh):
+#   bash benchmarks/trt85/run.sh RESULTS_DIR
+# The stub cuBLAS/cuDNN libraries of this TensorRT package leave TensorRT its own kernels only: every build
+# passes --tactic-sources none (a TensorRT installed with its libraries needs no such option). The timing cache
+# (one per GPU model) is read from benchmarks/trt85/timing/ when present and written back with the results.
+set -uo pipefail
+res=$1; mkdir -p "$res"
+source benchmarks/device_env.sh
+export PYTHONPATH=/tmp/trt85/pkg:$PYTHONPATH TORCHINDUCTOR_CACHE_DIR=/tmp/trt85/inductor
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-')
+timing=/tmp/trt85/trt8.5.3.1-$gpu.timing
+[ -f "$timing" ] || cp "benchmarks/trt85/timing/$(basename "$timing")" "$timing" 2>/dev/null || true
+L="python3 -m lseg_trt.cli"
+stage() { echo "=== $(date +%T) $*"; }
+python3 -m lseg_trt.cli hwinfo > "$res/hwinfo.md" 2>&1
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >> "$res/hwinfo.md" 2>&1
+
+engine() {  # VARIANT PRECISION_FLAGS... -> path of the built engine (log in $res/build-*.log)
+  local variant=$1; shift
+  local tag; tag=$(echo "$variant $*" | tr -c 'a-z0-9\n' '-')
+  $L build --onnx "models/onnx/lseg_${variant}_random_fp32.onnx" --tactic-sources none --timing-cache "$timing" \
+    --min-shape 1x3x256x256 --opt-shape 1x3x480x480 --max-shape 8x3x1024x1024 --out models/engines "$@" \
+    2> "$res/build-$tag.log" | tail -1
+  grep -v "^\[tensorrt\] WARNING" "$res/build-$tag.log" | tail -3 >&2
+  cp "$timing" "$res/" 2>/dev/null
+}
+export_onnx() { $L export --weights random --variant "$1" --opset 16 --out models/onnx 2>&1 | tail -3; }
+bench() {  # OUT_NAME ARGS...
+  local name=$1; shift
+  $L bench --out "$res/$name" "$@" 2> "$res/$name.log" | grep -v "^wrote"
+}
+fidelity() { local name=$1; shift; $L fidelity --out "$res/$name" "$@" 2> "$res/$name.log" | grep -v "^wrote"; }
+warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU work; timings discarded)
+  $L bench --weights random --variant "$1" --backends torch-compile-fp16+graph --iterations 1 --warmup 0 \
+    --no-ceiling --out /tmp/trt85/warm "${@:2}" > /dev/null 2>&1
+}
+
+stage "RN101-ZS: export (opset 16), fp16 engine"
+export_onnx rn101_zs
+warm rn101_zs --sizes 480 1024 &
+rn16=$(engine rn101_zs); echo "$rn16"; wait
+stage "RN101-ZS: bench and fidelity, fp16 engine beside torch"
+bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
+  --backends torch,torch-compile-fp16+graph --engine "$rn16"
+fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
+
+stage "ViT-L/16: export (opset 16), fp16 engine"
+export_onnx vit_l16
+(warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
+vit16=$(engine vit_l16); echo "$vit16"; wait
+stage "ViT-L/16: bench b1 and b8, fidelity, layer profile, extract --engine"
+bench bench-vit-b1 --weights random --variant vit_l16 --sizes 480 480x640 1024 \
+  --backends torch,torch-compile-fp16+graph --engine "$vit16"
+bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 \
+  --backends torch,torch-compile-fp16+graph --engine "$vit16"
+fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
+python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
+python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -12
+python3 benchmarks/pipeline_bench.py --device cuda --engine "$vit16" --backend tensorrt+graph --size 480x640 \
+  --batch 8 --frames 1024 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-vit-fp16" \
+  2> "$res/pipeline-vit-fp16.log" | head -20
+stage "extract --engine, the seed's Feature_Extractor job, as a user types it"
+TIMEFORMAT="extract --engine: %R s wall"; time $L extract --engine "$vit16" --images /tmp/trt85/pipe/frames --sizes 480x640 --batch 8 --pool 4 \
+  --out /tmp/trt85/extract > "$res/extract-vit-fp16.log" 2>&1; tail -5 "$res/extract-vit-fp16.log"
+
+stage "fp32 engines, TF32 off and on: RN101-ZS, then ViT-L/16"
+rn32=$(engine rn101_zs --no-fp16); rntf=$(engine rn101_zs --no-fp16 --tf32); echo "$rn32 $rntf"
+bench bench-rn101-b1-fp32 --sizes 480 1024 --engine "$rn32" --engine "$rntf"
+fidelity fidelity-rn101-fp32 --weights random --variant rn101_zs --engine "$rn32" --engine "$rntf"
+vit32=$(engine vit_l16 --no-fp16); echo "$vit32"
+bench bench-vit-b1-fp32 --sizes 480 480x640 1024 --engine "$vit32"
+fidelity fidelity-vit-fp32 --weights random --variant vit_l16 --engine "$vit32"
+vittf=$(engine vit_l16 --no-fp16 --tf32); echo "$vittf"
+bench bench-vit-b1-tf32 --sizes 480 480x640 1024 --engine "$vittf"
+bench bench-vit-b8-fp32 --sizes 480x640 --batch 8 --engine "$vit32" --engine "$vittf"
+fidelity fidelity-vit-tf32 --weights random --variant vit_l16 --engine "$vittf"
+ls -la models/engines > "$res/engines.txt"
+stage "done"
