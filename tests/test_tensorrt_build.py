@@ -24,7 +24,9 @@ from lseg_trt.tensorrt.options import (
     Profile,
     engine_name,
     parse_shape,
+    parse_tactic_sources,
     profile_token,
+    tactic_sources_token,
 )
 
 try:
@@ -115,3 +117,70 @@ def test_atomic_path_leaves_nothing_on_interrupt(tmp_path: Path) -> None:
         tmp.write_bytes(b"half an engine")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tactic_sources_are_set_named_and_checked(vit_onnx: Path, tmp_path: Path) -> None:
+    """TensorRT-RTX has two TacticSource members: the option is built for real, and shows in name and sidecar."""
+    from lseg_trt.engines import EngineRecord, engine_for
+
+    assert parse_tactic_sources("none") == () and parse_tactic_sources(" jit_convolutions,CUBLAS ") == (
+        "CUBLAS",
+        "JIT_CONVOLUTIONS",
+    )
+    for bad in ("", "none,cudnn", "cub las", "cublas;rm"):
+        with pytest.raises(LsegTrtError, match="--tactic-sources"):
+            parse_tactic_sources(bad)
+    assert tactic_sources_token(()) == "tac-none"
+    assert RTX.tactic_source_mask(("JIT_CONVOLUTIONS",)) == 1 << int(RTX.module.TacticSource.JIT_CONVOLUTIONS)
+    options = BuildOptions(flavour="tensorrt-rtx", fp16=False, sparse=False, profile=SMALL, tactic_sources=())
+    engine = engine_for(vit_onnx, options, tmp_path)
+    assert "_tac-none_" in engine.name and EngineRecord.read(engine).request["tactic_sources"] == []
+    default = engine_for(
+        vit_onnx, BuildOptions(flavour="tensorrt-rtx", fp16=False, sparse=False, profile=SMALL), tmp_path
+    )
+    assert "tac-" not in default.name and "tactic_sources" not in EngineRecord.read(default).request
+    with pytest.raises(
+        LsegTrtError, match="CUDNN not in tensorrt-rtx .* known: EDGE_MASK_CONVOLUTIONS, JIT_CONVOLUTIONS"
+    ):
+        engine_for(vit_onnx, BuildOptions(flavour="tensorrt-rtx", profile=SMALL, tactic_sources=("CUDNN",)), tmp_path)
+
+
+def test_explicit_batch_is_asked_for_only_where_implicit_batch_exists() -> None:
+    """TensorRT 8.x keeps implicit batch (its Builder has `max_batch_size`) and has no strongly typed networks;
+    its module cannot load here without a GPU, so a stand-in with 8.5's enum values plays it."""
+    from types import SimpleNamespace
+
+    strongly_typed = int(RTX.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert not RTX.has_implicit_batch
+    assert RTX.network_flags(False) == 0 and RTX.network_flags(True) == 1 << strongly_typed
+    trt85 = compat.TensorRT(
+        "tensorrt",
+        SimpleNamespace(  # type: ignore[arg-type]
+            __version__="8.5.3.1",
+            Builder=type("Builder", (), {"max_batch_size": 1}),
+            NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1),
+            BuilderFlag=SimpleNamespace(FP16=0, TF32=7),
+        ),
+    )
+    assert trt85.has_implicit_batch and trt85.has_fp16_flag
+    assert trt85.network_flags(False) == trt85.network_flags(True) == 1  # no strong typing to ask for
+
+
+def test_operators_the_parser_lacks_are_refused_with_the_opset_hint(vit_onnx: Path) -> None:
+    """RTX's parser imports every operator of our models (opset 17 included); TensorRT 8.5's lacks
+    LayerNormalization, played here by a parser that says so (the real one needs a GPU to exist)."""
+    from lseg_trt.onnx_cache import onnx_info
+    from lseg_trt.tensorrt.builder import check_operators
+
+    ops = onnx_info(vit_onnx).op_types
+    assert "LayerNormalization" in ops and "Conv" in ops
+    network = RTX.module.Builder(RTX.logger()).create_network(RTX.network_flags(False))
+    check_operators(RTX, RTX.module.OnnxParser(network, RTX.logger()), ops, vit_onnx.name)  # nothing missing
+
+    class Parser85:
+        def supports_operator(self, op: str) -> bool:
+            return op != "LayerNormalization"
+
+    with pytest.raises(LsegTrtError, match=r"has no LayerNormalization .*`lseg-trt export --opset 16`"):
+        check_operators(RTX, Parser85(), ops, vit_onnx.name)
+    check_operators(RTX, Parser85(), ops - {"LayerNormalization"}, vit_onnx.name)

@@ -90,12 +90,12 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     engines = engines_from_args(ns, "cpu")  # one-off inputs of many sizes: no CUDA graphs
     backends = [s.name for s in backends_from_args(ns, "" if engines else defaults["backends"])]
     sources = weight_sources_from_args(ns)
-    out = out_dir_from(ns.out)
-    comparisons, skipped = [], {}
     networks = [load_lseg(weights, variant=variant) for weights, variant in sources]
     unmatched = [str(source.path) for source, _ in engines if not any(engine_of(source, n) for n in networks)]
     if unmatched:
         raise LsegTrtError(f"--engine {', '.join(unmatched)}: built from none of the weights given (--weights)")
+    out = out_dir_from(ns.out)
+    comparisons, skipped = [], {}
     for lseg in networks:
         own = [(source, spec) for source, spec in engines if engine_of(source, lseg)]
         found, missing = run_fidelity(lseg, backends, samples(), sizes, device, ns.cache, out, own)

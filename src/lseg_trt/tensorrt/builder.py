@@ -63,6 +63,20 @@ def select_flags(trt: TensorRT, options: BuildOptions, fp16_flag: bool) -> list[
     return flags
 
 
+def check_operators(trt: TensorRT, parser, op_types: frozenset[str], onnx_name: str) -> None:  # noqa: ANN001
+    """Refuse, before parsing, a model with operators this parser has no importer for: TensorRT 8.x's
+    parser stops at the first one with a message that names no way out."""
+    missing = trt.unsupported_operators(parser, op_types)
+    if missing:
+        hint = (
+            "; export it at opset 16, which writes LayerNormalization as primitive operators: "
+            "`lseg-trt export --opset 16`"
+            if "LayerNormalization" in missing
+            else ""
+        )
+        raise LsegTrtError(f"{trt.describe()}'s ONNX parser has no {', '.join(missing)} (in {onnx_name}){hint}")
+
+
 def plan_from_onnx(
     trt: TensorRT,
     onnx_path: Path,
@@ -78,15 +92,7 @@ def plan_from_onnx(
     builder = m.Builder(logger)
     network = builder.create_network(trt.network_flags(strongly_typed))
     parser = m.OnnxParser(network, logger)
-    missing = trt.unsupported_operators(parser, op_types)
-    if missing:
-        hint = (
-            "; export it at opset 16, which writes LayerNormalization as primitive operators: "
-            "`lseg-trt export --opset 16`"
-            if "LayerNormalization" in missing
-            else ""
-        )
-        raise LsegTrtError(f"{trt.describe()}'s ONNX parser has no {', '.join(missing)} (in {onnx_path.name}){hint}")
+    check_operators(trt, parser, op_types, onnx_path.name)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise LsegTrtError(f"TensorRT cannot parse {onnx_path}: {errors or 'unknown error'}")
