@@ -27,6 +27,7 @@ engine() {  # VARIANT PRECISION_FLAGS... -> path of the built engine (log in $re
     --min-shape 1x3x256x256 --opt-shape 1x3x480x480 --max-shape 8x3x1024x1024 --out models/engines "$@" \
     2> "$res/build-$tag.log" | tail -1
   grep -v "^\[tensorrt\] WARNING" "$res/build-$tag.log" | tail -3 >&2
+  mkdir -p "$res/engines"; cp models/engines/*.json "$res/engines/" 2>/dev/null  # sidecars: build time, size
   cp "$timing" "$res/" 2>/dev/null
 }
 export_onnx() { $L export --weights random --variant "$1" --opset 16 --out models/onnx 2>&1 | tail -3; }
