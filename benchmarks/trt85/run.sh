@@ -63,7 +63,7 @@ fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" 
 python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
 python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -12
 python3 benchmarks/pipeline_bench.py --device cuda --engine "$vit16" --backend tensorrt+graph --size 480x640 \
-  --batch 8 --frames 1024 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-vit-fp16" \
+  --batch 8 --frames 512 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-vit-fp16" \
   2> "$res/pipeline-vit-fp16.log" | head -20
 stage "extract --engine, the seed's Feature_Extractor job, as a user types it"
 TIMEFORMAT="extract --engine: %R s wall"; time $L extract --engine "$vit16" --images /tmp/trt85/pipe/frames --sizes 480x640 --batch 8 --pool 4 \
