@@ -234,3 +234,26 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
     ).write(engine)
     log.info("built %s (%.1f MiB) in %.1f s", engine.name, len(plan.data) / 2**20, seconds)
     return engine
+
+
+def fidelity_path(engine_path: Path) -> Path:
+    """`<engine>.fidelity.json`: a passing `lseg-trt fidelity --engine` run, what `--backend auto` trusts."""
+    return Path(engine_path).with_suffix(".fidelity.json")
+
+
+def record_fidelity(engine_path: Path, record: EngineRecord, passed: bool, sizes: list[str], worst: dict) -> None:
+    """Keep a fidelity run's verdict beside the engine, tied to its bytes (sha256): a rebuilt engine has
+    none until it is checked again."""
+    write_json(
+        fidelity_path(engine_path),
+        {"engine_sha256": record.engine_sha256, "passed": passed, "sizes": sizes, "worst": worst, **stamp()},
+    )
+
+
+def fidelity_passed(engine_path: Path, record: EngineRecord) -> bool:
+    """Whether this very engine passed `lseg-trt fidelity` (a missing, damaged or stale record: no)."""
+    try:
+        data = read_json(fidelity_path(engine_path))
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("passed") is True and data.get("engine_sha256") == record.engine_sha256

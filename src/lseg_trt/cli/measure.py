@@ -105,6 +105,8 @@ def run_fidelity(ns: argparse.Namespace) -> int:
         raise LsegTrtError(
             "no backend besides torch fp32 could run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
+    for source, spec in engines:
+        _keep_verdict(source, [c for c in comparisons if c.candidate == spec.name and c.variant == source.info.variant])
     rows = [c.row() for c in comparisons]
     paths = write_report(out, "fidelity", markdown(comparisons, "lseg-trt fidelity"), rows,
                          report_record(hwinfo.collect(), skipped), "comparisons")  # fmt: skip
@@ -117,6 +119,22 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     if failed:
         print(f"{len(failed)} comparison(s) below tolerance or not finite", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _keep_verdict(source, comparisons: list) -> None:  # noqa: ANN001 - ModelSource, [Comparison]
+    """Beside the engine, whether it passed at every size and photo: `--backend auto` runs only engines that did."""
+    from lseg_trt.engines import record_fidelity
+
+    if not comparisons:  # it could not run here: nothing was checked
+        return
+    worst = min(comparisons, key=lambda c: c.metrics.pixel_cosine_min)
+    record_fidelity(
+        source.path,
+        source.record,
+        passed=not any(c.failed for c in comparisons),
+        sizes=sorted({c.size for c in comparisons}),
+        worst={"image": worst.image, "size": worst.size, "tolerance": worst.tolerance, **worst.metrics.to_dict()},
+    )
 
 
 def _bench_args(p: Parser) -> None:
