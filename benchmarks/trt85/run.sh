@@ -41,7 +41,9 @@ warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU 
     --no-ceiling --out /tmp/trt85/warm "${@:2}" > /dev/null 2>&1
 }
 
-stage "RN101-ZS: export (opset 16), fp16 engine"
+stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export beside it (CPU work)"
+export_onnx vit_l16 > "$res/export-vit.log" 2>&1 &
+vit_export=$!
 export_onnx rn101_zs
 warm rn101_zs --sizes 480 1024 &
 rn16=$(engine rn101_zs); echo "$rn16"; wait
@@ -50,8 +52,8 @@ bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
   --backends torch,torch-compile-fp16+graph --engine "$rn16"
 fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
 
-stage "ViT-L/16: export (opset 16), fp16 engine"
-export_onnx vit_l16
+stage "ViT-L/16: fp16 engine"
+wait $vit_export; cat "$res/export-vit.log"
 (warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
 vit16=$(engine vit_l16); echo "$vit16"; wait
 stage "ViT-L/16: bench b1 and b8, fidelity, layer profile, extract --engine"
