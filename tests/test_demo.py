@@ -209,8 +209,10 @@ def browser() -> Iterator[Any]:
         "playwright.sync_api", reason="playwright not installed (pip install 'lseg-trt[demo]')"
     )
     with sync_api.sync_playwright() as playwright:
-        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start; the fake camera (a moving
+        # test pattern) and auto-accepted permission prompt let the webcam tab take a frame
+        flags = ["--no-sandbox", "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=flags)
         yield chromium
         chromium.close()
 
@@ -336,6 +338,17 @@ def test_two_browsers_at_once(server: Server, browser: Any) -> None:
     _labels(pages[0], "cat, sofa, other")  # each browser keeps its own picture
     _shows(pages[0], {"cat", "sofa", "other"})
     assert "decode" not in pages[0].locator("#lseg-timings").inner_text()  # labels only: no new picture
+    server.check_alive()
+
+
+@needs_browser
+def test_webcam_frame(server: Server, browser: Any) -> None:
+    page = _open(browser, server)
+    page.get_by_role("tab", name="webcam").click()
+    page.get_by_text("Click to Access Webcam").click()
+    page.locator("#lseg-webcam button[aria-label='capture photo']").click()
+    _shows(page, {"cat", "cup", "person", "other"})
+    assert "decode webcam frame" in page.locator("#lseg-timings").inner_text()
     server.check_alive()
 
 
