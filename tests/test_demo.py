@@ -25,7 +25,7 @@ from lseg_trt import LsegTrtError
 from lseg_trt.backends import make_runner, parse_backend
 from lseg_trt.figures import overlay
 from lseg_trt.images import load_image, samples
-from lseg_trt.models import LSeg
+from lseg_trt.models import LSeg, random_lseg
 from lseg_trt.segment import Segmentation, segment_labels
 from lseg_trt.webdemo import (
     FEATURE_CACHE,
@@ -33,6 +33,7 @@ from lseg_trt.webdemo import (
     PAGE_SIDE,
     Demo,
     View,
+    checked_features,
     checked_labels,
     legend_html,
     legend_rows,
@@ -69,6 +70,16 @@ def test_labels_view_is_segment_labels_and_caches_features(demo: Demo, tiny_vit:
         noise = np.random.default_rng(seed).integers(0, 255, (64, 64, 3), dtype=np.uint8)
         demo.features(picture_from(noise, f"noise {seed}"))
     assert demo.features(picture)[2] is not None
+
+
+def test_nonfinite_features_are_refused() -> None:
+    """NaN weights must not pass for a segmentation, on the page as in `segment` (both call checked_features)."""
+    broken = random_lseg("tiny_vit")
+    next(broken.image_encoder.parameters()).data.fill_(float("nan"))
+    x = broken.preprocess(samples()["coffee"], (64, 64))
+    message = r"NaN/Inf values \(non-finite weights in random\?\)"
+    with make_runner(parse_backend("torch"), broken, "cpu") as runner, pytest.raises(LsegTrtError, match=message):
+        checked_features(runner, x, broken.source)
 
 
 def test_legend_lists_every_label_largest_first() -> None:

@@ -3,7 +3,7 @@
 lang-seg's own app (`lseg_app.py`, Streamlit) is how most people first meet LSeg; this is the same on our
 runners. It is served with Gradio, the field's convention for model demos: upload, webcam and request
 queue come with it, and no front-end code of ours has to be kept. Gradio is an optional extra
-(`lseg-trt[demo]`), imported only by `build_app`.
+(`lseg-trt[demo]`), imported only to serve the page (`gradio_module`).
 
 The model work is `segment.py`'s plain functions, the ones `lseg-trt segment` runs, so the page and the
 command give the same label map for the same picture and input size (a browser test compares them). The
@@ -64,6 +64,8 @@ FEATURE_CACHE = 4  # pictures whose features are kept (ViT-L at 480x640: 160 MB 
 WORDFREE_LEGEND = 20  # legend rows of the word-free view
 MAX_UPLOAD = "50mb"
 QUEUE = 16  # requests waiting beyond this are refused by the queue, with a message
+SESSIONS = 100  # browsers whose current picture (3 MB at most) is kept; Gradio also drops it when a tab closes
+SESSION_SECONDS = 3600  # and an hour after the picture was last set
 DEFAULT_LABELS = "cat, cup, person, other"
 
 
@@ -279,7 +281,10 @@ def _respond(demo: Demo, picture: Picture | None, labels: str, view: str, load_s
     try:
         if picture is None:
             raise LsegTrtError("upload a photo or pick a sample first")
-        result = demo.wordfree_view(picture) if view == "word-free" else demo.labels_view(picture, labels)
+        if view == "word-free":
+            result = demo.wordfree_view(picture)
+        else:  # a request made without the page may send no text at all
+            result = demo.labels_view(picture, labels if isinstance(labels, str) else "")
     except LsegTrtError as e:
         return picture, None, "", "", message_html(str(e))
     except Exception:
@@ -317,7 +322,7 @@ def build_app(demo: Demo) -> gradio.Blocks:
     gr = gradio_module()
     sample_paths = samples()
     with gr.Blocks(title="LSeg demo", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
-        picture = gr.State(None)
+        picture = gr.State(None, time_to_live=SESSION_SECONDS)
         gr.HTML(header_html(demo))
         with gr.Row():
             with gr.Column():
@@ -380,6 +385,7 @@ def serve(demo: Demo, host: str, port: int) -> None:
             max_file_size=MAX_UPLOAD,
             footer_links=[],
             run_history=False,
+            state_session_capacity=SESSIONS,
             theme=theme,
             css=CSS,
         )
