@@ -89,7 +89,7 @@ def checked_labels(text: str) -> list[str]:
     return labels
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # compared by `key`, never by array equality
 class Picture:
     """A decoded photo at page size; `key` hashes its pixels, so browsers showing one photo share its features."""
 
