@@ -357,6 +357,8 @@ def test_webcam_frame(server: Server, browser: Any) -> None:
     page = _open(browser, server)
     page.get_by_role("tab", name="webcam").click()
     page.get_by_text("Click to Access Webcam").click()
+    # a capture before the stream plays takes no frame: wait for the fake camera's picture
+    page.wait_for_function("() => document.querySelector('#lseg-webcam video')?.videoWidth > 0")
     page.locator("#lseg-webcam button[aria-label='capture photo']").click()
     _shows(page, {"cat", "cup", "person", "other"})
     assert "decode webcam frame" in page.locator("#lseg-timings").inner_text()
