@@ -128,7 +128,7 @@ def _page_args(p: Parser) -> None:
     p.add_argument(
         "--size", help="network input N or HxW for every photo (default: the photo's size, longer side at most 640)"
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to serve on; 0.0.0.0 opens the page to the network")
+    p.add_argument("--host", default="127.0.0.1", help="address [%(default)s]; 0.0.0.0 opens the page to the network")
     p.add_argument("--port", type=port_number, default=7860, help="[%(default)s]")
 
 
