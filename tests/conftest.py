@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +40,21 @@ def tiny_vit_ckpt(tiny_vit: LSeg, tmp_path_factory: pytest.TempPathFactory) -> P
 @pytest.fixture(scope="session")
 def tiny_rn_ckpt(tiny_rn: LSeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_lightning_checkpoint(tiny_rn, tmp_path_factory.mktemp("ckpt") / "tiny_rn.ckpt")
+
+
+@pytest.fixture(scope="session")
+def png_header_claiming() -> Callable[[int, int], bytes]:
+    """`(width, height) -> bytes`: a 100-byte PNG whose header declares a huge 8-bit RGB image."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    def png(width: int, height: int) -> bytes:
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+        data = chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + data + chunk(b"IEND", b"")
+
+    return png
 
 
 @dataclass

@@ -4,11 +4,13 @@ script that breaks before it measures anything. Their figures are not checked: t
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,3 +120,13 @@ def test_listing_bench_lists_every_frame(tmp_path: Path) -> None:
     run_script("listing_bench.py", str(tmp_path), "--frames", "1500", "--repeats", "1")
     record = json.loads((tmp_path / "listing.json").read_text())
     assert record["frames"] == 1500 and len(record["seconds"]) == 1 and record["seconds"][0] > 0
+
+
+@pytest.mark.slow
+def test_demo_screenshot_on_the_tiny_network(tmp_path: Path) -> None:
+    pytest.importorskip("gradio", reason="gradio not installed (pip install 'lseg-trt[demo]')")
+    pytest.importorskip("playwright", reason="playwright not installed (the dev extra has it)")
+    if not (shutil.which("chromium") or shutil.which("chromium-browser")):
+        pytest.skip("no Chromium on PATH (Debian: apt-get install chromium)")
+    run_script("demo_screenshot.py", "--variant", "tiny_vit", "--out", str(tmp_path / "demo.png"))
+    assert Image.open(tmp_path / "demo.png").size[0] == 1280

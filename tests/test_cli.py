@@ -134,11 +134,11 @@ def test_export_then_build(cli, tmp_path: Path) -> None:  # noqa: ANN001
 
 
 def test_help_works_without_optional_packages(tmp_path: Path) -> None:
-    """`--help` of every sub-command must not import onnxruntime, onnx, tensorrt or matplotlib (one subprocess:
-    the blocked imports must not leak into this test process)."""
+    """`--help` of every sub-command must not import onnxruntime, onnx, tensorrt, matplotlib, ray or gradio (one
+    subprocess: the blocked imports must not leak into this test process)."""
     script = (
         "import sys\n"
-        "for name in ('onnxruntime', 'onnx', 'tensorrt', 'tensorrt_rtx_bindings', 'matplotlib', 'ray'):\n"
+        "for name in ('onnxruntime', 'onnx', 'tensorrt', 'tensorrt_rtx_bindings', 'matplotlib', 'ray', 'gradio'):\n"
         "    sys.modules[name] = None\n"
         "from lseg_trt.cli import commands, main\n"
         "for command in ['', *commands()]:\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import struct
-import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -40,6 +40,9 @@ def test_preprocess_maps_to_normalised_range(tiny_rn: LSeg, tiny_vit: LSeg) -> N
 def test_default_size_rounds_to_32(tiny_vit: LSeg) -> None:
     x = tiny_vit.preprocess(Image.new("RGB", (300, 200)))
     assert x.shape[-2:] == (192, 288)
+    assert images.default_size(Image.new("RGB", (300, 200)), longest=640) == (192, 288)  # never enlarged
+    assert images.default_size(Image.new("RGB", (4000, 3000)), longest=640) == (480, 640)
+    assert images.default_size(Image.new("RGB", (3000, 100)), longest=640) == (32, 640)
 
 
 def test_bad_images(tmp_path: Path, tiny_vit: LSeg) -> None:
@@ -50,16 +53,6 @@ def test_bad_images(tmp_path: Path, tiny_vit: LSeg) -> None:
         load_image(tmp_path / "broken.png")
     with pytest.raises(ValueError, match="nearest"):
         tiny_vit.preprocess(samples()["chelsea"], (100, 100))
-
-
-def _png_header_claiming(width: int, height: int) -> bytes:
-    """A 100-byte PNG whose header declares a huge 8-bit RGB image."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
@@ -178,11 +171,13 @@ def test_arrays_in_and_out() -> None:
     assert np.asarray(load_image(gray)).tolist() == expected.tolist()
 
 
-def test_hostile_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, png_header_claiming: Callable[[int, int], bytes]
+) -> None:
     Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "photo.jpg")
     data = (tmp_path / "photo.jpg").read_bytes()
     (tmp_path / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (tmp_path / "bomb.png").write_bytes(_png_header_claiming(100_000, 100_000))
+    (tmp_path / "bomb.png").write_bytes(png_header_claiming(100_000, 100_000))
     (tmp_path / "text.png").write_text("hello\n")
     (tmp_path / "empty.png").write_bytes(b"")
     os.mkfifo(tmp_path / "fifo.png")
@@ -204,6 +199,17 @@ def test_hostile_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 64 x 64 is then over twice the limit
     with pytest.raises(LsegTrtError, match="decompression bomb"):
         load_image(tmp_path / "photo.jpg")
+
+
+def test_pixel_limit_is_read_from_the_header(tmp_path: Path, png_header_claiming: Callable[[int, int], bytes]) -> None:
+    """Below PIL's own limit (89 MP), a header promising more than `max_pixels` is refused before decoding."""
+    (tmp_path / "big.png").write_bytes(png_header_claiming(8000, 8000))
+    with pytest.raises(LsegTrtError, match="8000x8000 pixels, more than the 50 megapixels"):
+        load_rgb_array(tmp_path / "big.png", max_pixels=50_000_000)
+    Image.new("RGB", (40, 30)).save(tmp_path / "small.png")
+    assert load_rgb_array(tmp_path / "small.png", max_pixels=1200).shape == (30, 40, 3)
+    with pytest.raises(LsegTrtError, match="40x30 pixels"):
+        load_rgb_array(tmp_path / "small.png", max_pixels=1199)
 
 
 def _photo_like(height: int, width: int) -> np.ndarray:

@@ -31,7 +31,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("export", "tensorrt.builder", "info", "segment"),
     ("onnx_cache", "engines", "artifacts", "compiled_cache"),
     ("backends",),
-    ("bench", "bench_report", "fidelity", "compare", "figures", "extraction"),
+    ("bench", "bench_report", "fidelity", "compare", "figures", "extraction", "webdemo"),
     ("cli",),
 ]
 

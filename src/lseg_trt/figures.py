@@ -37,12 +37,10 @@ def save_segmentation(image: Image.Image, seg: Segmentation, path: Path, title: 
 
     plt = pyplot()
     colours = palette(max(len(seg.names), 1))
-    mask = Image.fromarray(colours[seg.label_map]).resize(image.size, Image.Resampling.NEAREST)
-    overlay = Image.blend(image.convert("RGB"), mask, 0.5)
     fig, axes = plt.subplots(1, 2, figsize=(12, 5.5))
     axes[0].imshow(image)
     axes[0].set_title("input")
-    axes[1].imshow(overlay)
+    axes[1].imshow(overlay(image, seg))
     axes[1].set_title(title)
     for ax in axes:
         ax.axis("off")
@@ -53,6 +51,14 @@ def save_segmentation(image: Image.Image, seg: Segmentation, path: Path, title: 
     ]
     axes[1].legend(handles=handles, loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=9)
     save_figure(fig, path)
+
+
+def overlay(image: Image.Image, seg: Segmentation) -> Image.Image:
+    """The image blended 50 % with the label colours (lang-seg's palette); a label map at feature resolution
+    (word-free) is scaled up to the image's size with nearest-neighbour, so each cell keeps one colour."""
+    colours = palette(max(len(seg.names), 1))
+    mask = Image.fromarray(colours[seg.label_map]).resize(image.size, Image.Resampling.NEAREST)
+    return Image.blend(image.convert("RGB"), mask, 0.5)
 
 
 def pca_rgb(features: np.ndarray) -> np.ndarray:

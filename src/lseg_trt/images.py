@@ -69,11 +69,13 @@ def samples() -> dict[str, Path]:
     return paths
 
 
-def load_rgb_array(source: ImageLike) -> np.ndarray:
+def load_rgb_array(source: ImageLike, max_pixels: int | None = None) -> np.ndarray:
     """A new (H, W, 3) uint8 C-contiguous array from a path, a PIL image or an array; thread-safe.
 
     Arrays may be uint8 (HxW, HxWx1, HxWx3, HxWx4: alpha dropped), uint16 (scaled by 1/257) or
-    float with every value in [0, 1]; anything else is a user error.
+    float with every value in [0, 1]; anything else is a user error. `max_pixels` refuses a file
+    whose header promises more pixels, before they are decoded: PIL's own limit lets through up to
+    twice its 89 megapixels with a warning, gigabytes of memory a web page's upload must not cost.
     """
     if isinstance(source, np.ndarray):
         return _rgb_from_array(source)
@@ -82,6 +84,11 @@ def load_rgb_array(source: ImageLike) -> np.ndarray:
     path = regular_file(source, "image")
     try:
         with Image.open(path) as image:  # the header only, until `load`
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise LsegTrtError(
+                    f"image {path.name} is {image.width}x{image.height} pixels, more than the "
+                    f"{max_pixels / 1e6:g} megapixels allowed here"
+                )
             pixels = _jpeg_pixels(path) if _plain_jpeg(image) else None
             if pixels is not None:
                 return pixels
@@ -180,9 +187,11 @@ def _rgb_from_array(array: np.ndarray) -> np.ndarray:
     return np.array(np.broadcast_to(scaled, (*scaled.shape[:2], 3)), dtype=np.uint8, order="C")
 
 
-def default_size(image: Image.Image, multiple: int = SIZE_MULTIPLE) -> tuple[int, int]:
-    """The image's own (H, W), each rounded to the nearest valid multiple."""
-    return tuple(max(multiple, round(n / multiple) * multiple) for n in (image.height, image.width))  # type: ignore[return-value]
+def default_size(image: Image.Image, multiple: int = SIZE_MULTIPLE, longest: int | None = None) -> tuple[int, int]:
+    """The image's own (H, W), each rounded to the nearest valid multiple; with `longest`, first scaled
+    down (aspect kept) so that the longer side is at most that (the demo page's default network input)."""
+    scale = min(1.0, longest / max(image.height, image.width)) if longest else 1.0
+    return tuple(max(multiple, round(n * scale / multiple) * multiple) for n in (image.height, image.width))  # type: ignore[return-value]
 
 
 def preprocess(

@@ -89,8 +89,13 @@ class Segmentation:
 
 def segment_labels(features: torch.Tensor, lseg: LSeg, labels: list[str], size: tuple[int, int]) -> Segmentation:
     """Argmax over `labels` of lang-seg's logits, upsampled to `size` (the image's H, W)."""
-    text = lseg.encode_text(labels).to(features.device)
-    label_map = logits(features[:1], text, size).argmax(dim=1)[0]
+    return segment_text(features, lseg.encode_text(labels), labels, size)
+
+
+def segment_text(features: torch.Tensor, text: torch.Tensor, labels: list[str], size: tuple[int, int]) -> Segmentation:
+    """`segment_labels` from text features already encoded: the demo page times the text tower and the
+    argmax apart, and re-runs only these two steps when the labels change."""
+    label_map = logits(features[:1], text.to(features.device), size).argmax(dim=1)[0]
     return Segmentation(label_map.cpu().numpy().astype(np.int32), labels)
 
 

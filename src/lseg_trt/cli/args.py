@@ -55,6 +55,13 @@ def non_negative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+def port_number(text: str) -> int:
+    value = _int_at_least(text, 1)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a TCP port (1 to 65535)")
+    return value
+
+
 # ---- model: weights | ONNX | engine ------------------------------------------------------------------
 
 

@@ -12,28 +12,24 @@ from lseg_trt.cli.args import (
     device_from_args,
     lseg_from_args,
     out_file_from,
+    port_number,
     positive_int,
 )
+from lseg_trt.errors import LsegTrtError
 
 
 def _features(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202 - PIL image -> (LSeg, features, size)
     """The one image's features, checked finite: NaN weights must not pass for a segmentation."""
     from lseg_trt.backends import make_runner, parse_backend
-    from lseg_trt.errors import LsegTrtError
     from lseg_trt.images import default_size, preprocess
-    from lseg_trt.metrics import count_nonfinite
     from lseg_trt.sizes import parse_size
+    from lseg_trt.webdemo import checked_features
 
     lseg = lseg_from_args(ns)
     size = parse_size(ns.size) if ns.size else default_size(image)
     x = preprocess(image, size, lseg.mean, lseg.std)
     with make_runner(parse_backend(ns.backend), lseg, device_from_args(ns), ns.cache) as runner:
-        features = runner.infer_host(x)
-    bad = count_nonfinite(features)
-    if bad:
-        raise LsegTrtError(
-            f"the features hold {bad} NaN/Inf values (non-finite weights in {lseg.source}?); nothing was written"
-        )
+        features = checked_features(runner, x, lseg.source)
     return lseg, features, size
 
 
@@ -85,12 +81,34 @@ def run_wordfree(ns: argparse.Namespace) -> int:
     return 0
 
 
-def _demo_args(p: Parser) -> None:
+def run_demo(ns: argparse.Namespace) -> int:
+    from lseg_trt.backends import make_runner, parse_backend
+    from lseg_trt.sizes import parse_size
+    from lseg_trt.webdemo import Demo, gradio_module, serve
+
+    host = ns.host.strip()
+    if not host:
+        raise LsegTrtError("--host is empty; name an address such as 127.0.0.1")
+    spec, size, device = parse_backend(ns.backend), parse_size(ns.size) if ns.size else None, device_from_args(ns)
+    gradio_module()  # missing: say so before loading a network
+    lseg = lseg_from_args(ns)
+    with make_runner(spec, lseg, device, ns.cache) as runner:
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"warning: serving on {host}: anyone who can reach this machine there can use the page")
+        serve(Demo(lseg, runner, spec.name, size, ns.cache), host, ns.port)
+    return 0
+
+
+def _model_args(p: Parser) -> None:
     add_weights_args(p)
-    p.add_argument("--image", required=True)
     p.add_argument("--backend", default="torch", help="runner for the image features [%(default)s]")
-    p.add_argument("--size", help="network input N or HxW (default: the image's size rounded to 32)")
     add_device_args(p, "ONNX / engine / vocabulary cache folder")
+
+
+def _demo_args(p: Parser) -> None:
+    _model_args(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--size", help="network input N or HxW (default: the image's size rounded to 32)")
 
 
 def _segment_args(p: Parser) -> None:
@@ -105,7 +123,17 @@ def _wordfree_args(p: Parser) -> None:
     p.add_argument("--out", default="outputs/wordfree.png")
 
 
+def _page_args(p: Parser) -> None:
+    _model_args(p)
+    p.add_argument(
+        "--size", help="network input N or HxW for every photo (default: the photo's size, longer side at most 640)"
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address [%(default)s]; 0.0.0.0 opens the page to the network")
+    p.add_argument("--port", type=port_number, default=7860, help="[%(default)s]")
+
+
 COMMANDS = {
     "segment": Command("label segmentation picture", _segment_args, run_segment),
     "wordfree": Command("per-pixel best token of the whole CLIP vocabulary", _wordfree_args, run_wordfree),
+    "demo": Command("a web page (Gradio): pick a photo, type labels, see the segmentation", _page_args, run_demo),
 }
