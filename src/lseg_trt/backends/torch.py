@@ -28,7 +28,7 @@ class TorchRunner(Runner):
         self.source = encoder
         self.model: torch.nn.Module | None = None
         self.fn: Callable[[torch.Tensor], torch.Tensor] | None = None
-        self.raw = False  # run `head1_features` instead of the normalised forward (`give_raw_head1`)
+        self.raw = False  # run `head1_features` instead of the normalised forward (`set_raw_head1`)
 
     @classmethod
     def from_source(
@@ -36,9 +36,10 @@ class TorchRunner(Runner):
     ) -> TorchRunner:
         return cls(lseg_of(source, spec.name).image_encoder, spec, device)
 
-    def give_raw_head1(self) -> None:
-        self.deactivate()  # the next activation wraps the other function
-        self.raw = True
+    def set_raw_head1(self, raw: bool) -> None:
+        if raw != self.raw:
+            self.deactivate()  # the next activation wraps the other function
+            self.raw = raw
 
     def _activate(self) -> None:
         model = placed_encoder(self.source, self.device, self.spec.precision, fused=self.fused)

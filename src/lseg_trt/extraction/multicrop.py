@@ -79,8 +79,8 @@ class RecipeRunner:
     """Features of images by a recipe, batched on the runner's device.
 
     Args:
-        runner: a backend runner (not necessarily active); recipes needing raw head1 switch it with
-            `give_raw_head1` (torch backends only: others raise a user error here).
+        runner: a backend runner (not necessarily active), switched to raw head1 or unit features as the
+            recipe needs (`set_raw_head1`: raw head1 on torch backends only, others raise a user error here).
         recipe: a checked recipe.
         mean, std: the checkpoint's normalisation (used where the recipe normalises).
         batch_size: network inputs per call (a crop and its flip count two).
@@ -97,8 +97,7 @@ class RecipeRunner:
     ) -> None:
         if batch_size < 1:
             raise LsegTrtError(f"batch size {batch_size}: must be at least 1")
-        if recipe.needs_raw:
-            runner.give_raw_head1()
+        runner.set_raw_head1(recipe.needs_raw)
         self.runner, self.recipe, self.batch_size = runner, recipe, batch_size
         self.mean, self.std = (tuple(mean), tuple(std)) if recipe.mean_std else BLACK
         self.prepared: set[tuple[int, ...]] = set()
