@@ -1,177 +1,37 @@
-"""Recipes: the batched device runner against references written from shared/docs/recipes.md.
-
-Each reference is the project's loop as the doc describes it, crop by crop (lang-seg's
-`MultiEvalModule`: resize, pad each tile, `module_inference` with the flip, count normalisation), written
-here without the package's planning code, on the tiny variants with random weights, on the CPU, float32.
-"""
+"""Recipes: the batched device runner against the crop-by-crop references of `recipe_reference` (written
+from shared/docs/recipes.md), on the tiny variants with random weights, on the CPU, float32; the recipe
+table's checks; `extract --recipe` through the store, resume and compare."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
+import recipe_reference
 from lseg_trt.artifacts import ModelSource
 from lseg_trt.backends import make_runner, parse_backend
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.multicrop import RecipeRunner
 from lseg_trt.extraction.recipes import RECIPES, get_recipe
 from lseg_trt.metrics import compare_features
-from lseg_trt.models import LSeg
+from lseg_trt.models import LSeg, random_lseg
 
-Net = Callable[[torch.Tensor], torch.Tensor]
-
-
-# ---- the reference, from the doc ------------------------------------------------------------------
-
-
-def to_tensor_normalize(image: np.ndarray, mean: tuple, std: tuple) -> torch.Tensor:
-    """torchvision ToTensor + Normalize(mean, std), batched: (1, 3, H, W)."""
-    x = torch.from_numpy(image).permute(2, 0, 1).float().div(255)
-    x = (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
-    return x[None]
-
-
-def pad_image(img: torch.Tensor, mean: tuple, std: tuple, crop_size: int) -> torch.Tensor:
-    b, c, h, w = img.shape
-    padh = crop_size - h if h < crop_size else 0
-    padw = crop_size - w if w < crop_size else 0
-    pad_values = -np.array(mean) / np.array(std)
-    out = img.new_empty((b, c, h + padh, w + padw))
-    for i in range(c):
-        out[:, i] = F.pad(img[:, i], (0, padw, 0, padh), value=float(pad_values[i]))
-    return out
-
-
-def flip_image(img: torch.Tensor) -> torch.Tensor:
-    return img.index_select(3, torch.arange(img.size(3) - 1, -1, -1))
-
-
-def module_inference(f: Net, image: torch.Tensor, flip: str) -> torch.Tensor:
-    output = f(image)
-    if flip != "none":
-        output = output + flip_image(f(flip_image(image)))
-        if flip == "mean":
-            output = output / 2
-    return output
-
-
-def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return F.interpolate(x, (h, w), mode="bilinear", align_corners=True)
-
-
-def multi_eval(
-    image: torch.Tensor, f: Net, mean: tuple, std: tuple, *, base: int, crop: int, scales: list[float], flip: str,
-    back: bool = True, grid: bool = False,
-) -> torch.Tensor:  # fmt: skip
-    """lang-seg's MultiEvalModule.forward (doc section 1), with OpenScene's early return (`grid`) and
-    VLMaps' no-resize-back (`back` False)."""
-    _, _, h, w = image.shape
-    stride = int(crop * 2.0 / 3.0)
-    scores = None
-    for scale in scales:
-        long_size = int(math.ceil(base * scale))
-        if h > w:
-            height = long_size
-            width = short_size = int(1.0 * w * long_size / h + 0.5)
-        else:
-            width = long_size
-            height = short_size = int(1.0 * h * long_size / w + 0.5)
-        cur = resize(image, height, width)
-        if long_size <= crop:
-            outputs = module_inference(f, pad_image(cur, mean, std, crop), flip)
-            if grid:
-                return outputs[:, :, :h, :w]
-            outputs = outputs[:, :, :height, :width]
-        else:
-            pad = pad_image(cur, mean, std, crop) if short_size < crop else cur
-            _, _, ph, pw = pad.shape
-            h_grids = int(math.ceil(1.0 * (ph - crop) / stride)) + 1
-            w_grids = int(math.ceil(1.0 * (pw - crop) / stride)) + 1
-            outputs = count = None
-            for idh in range(h_grids):
-                for idw in range(w_grids):
-                    h0, w0 = idh * stride, idw * stride
-                    h1, w1 = min(h0 + crop, ph), min(w0 + crop, pw)
-                    out = module_inference(f, pad_image(pad[:, :, h0:h1, w0:w1], mean, std, crop), flip)
-                    if outputs is None:
-                        outputs = out.new_zeros((1, out.shape[1], ph, pw))
-                        count = out.new_zeros((1, 1, ph, pw))
-                    outputs[:, :, h0:h1, w0:w1] += out[:, :, : h1 - h0, : w1 - w0]
-                    count[:, :, h0:h1, w0:w1] += 1
-            assert (count == 0).sum() == 0
-            outputs = (outputs / count)[:, :, :height, :width]
-        score = resize(outputs, h, w) if back else outputs
-        scores = score if scores is None else scores + score
-    return scores
-
-
-def unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True)
-
-
-def reference(lseg: LSeg, name: str, image: np.ndarray, s: dict) -> torch.Tensor:
-    """The recipe `name` as its project runs it (doc sections 1-5), with the test's settings `s`."""
-    encoder = lseg.image_encoder
-    head1 = encoder.head1_features
-    mean, std = lseg.mean, lseg.std
-    tiled = {"base": s.get("base_size", 520), "crop": s.get("crop", 480)}
-    with torch.inference_mode():
-        if name == "langseg-eval":
-            scales = s.get("scales", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
-            x = to_tensor_normalize(image, mean, std)
-            out = multi_eval(x, lambda c: resize(unit(head1(c)), c.shape[2], c.shape[3]), mean, std, **tiled,
-                             scales=scales, flip="sum")  # fmt: skip
-            return out[0] / (2 * len(scales))
-        if name == "vlmaps":
-            logit_scale = torch.tensor(1 / 0.07)  # fp32, 0-dim: fp16 arithmetic with an fp16 tensor
-
-            def f(c: torch.Tensor) -> torch.Tensor:
-                return resize((logit_scale * unit(head1(c)).half()).float(), c.shape[2], c.shape[3])
-
-            x = to_tensor_normalize(image, mean, std)
-            return multi_eval(x, f, mean, std, **tiled, scales=[1.0], flip="none", back=False)[0]
-        if name == "openscene":
-            x = to_tensor_normalize(image, mean, std)
-            two_l = 2 * max(image.shape[:2])
-            out = multi_eval(x, lambda c: unit(head1(c)), mean, std, base=two_l, crop=two_l, scales=[1.0],
-                             flip="sum", grid=True)  # fmt: skip
-            return out[0].half()
-        if name in ("lseg-minimal", "conceptfusion"):  # image already 640x480-like: cv2.resize is a no-op
-            x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-            out = head1(x)
-            if name == "lseg-minimal":
-                return F.normalize(out, dim=1)[0]
-            size = s.get("output_size")
-            return (resize(out, *size) if size else out)[0]
-        if name in ("dff", "feature-3dgs"):
-            th, tw = s.get("input_size", (360, 480))
-            x = to_tensor_normalize(image, mean, std)
-            if x.shape[-1] > tw:
-                x = resize(x, th, tw)
-            scales = s.get("scales", [0.75, 1.0, 1.25, 1.75])
-            if name == "dff":
-                out = multi_eval(x, lambda c: unit(resize(head1(c), c.shape[2], c.shape[3])), mean, std, **tiled,
-                                 scales=scales, flip="mean")  # fmt: skip
-                out = F.interpolate(out, (th, tw), mode="bilinear", align_corners=False)
-                return F.normalize(out, dim=1)[0].half()
-            out = multi_eval(x, lambda c: resize(head1(c), c.shape[2], c.shape[3]), mean, std, **tiled,
-                             scales=scales, flip="mean")  # fmt: skip
-            return out[0].half()
-    raise AssertionError(name)
-
-
-# ---- the comparison -------------------------------------------------------------------------------
+# ---- batched against the reference --------------------------------------------------------------
 
 
 def batched(lseg: LSeg, name: str, image: np.ndarray, overrides: dict, batch_size: int = 16) -> torch.Tensor:
     runner = make_runner(parse_backend("torch"), ModelSource.from_lseg(lseg), "cpu", "models")
     recipe = get_recipe(name, **overrides)
     return RecipeRunner(runner, recipe, lseg.mean, lseg.std, batch_size=batch_size)([torch.from_numpy(image)])[0]
+
+
+def reference(lseg: LSeg, name: str, image: np.ndarray, s: dict) -> torch.Tensor:
+    return recipe_reference.reference(lseg.image_encoder.head1_features, lseg.mean, lseg.std, name,
+                                      torch.from_numpy(image), s)  # fmt: skip
 
 
 def check_exact(candidate: torch.Tensor, ref: torch.Tensor, rounding: torch.dtype | None = None) -> dict:
@@ -191,13 +51,13 @@ def check_exact(candidate: torch.Tensor, ref: torch.Tensor, rounding: torch.dtyp
 SMALL = {"base_size": 130, "crop": 96}  # the real layouts, at a tenth of the pixels: tiles, pads, scales
 CASES = [  # recipe, image (H, W), overrides for the runner, the same settings for the reference
     ("langseg-eval", (75, 101), SMALL),
-    ("langseg-eval", (101, 75), SMALL),  # portrait: the other branch of the long-side rule
+    ("langseg-eval", (101, 75), {**SMALL, "scales": (1.0, 1.75)}),  # portrait: the other branch of the long side
     ("vlmaps", (75, 101), SMALL),
     ("openscene", (45, 64), {}),
     ("lseg-minimal", (96, 128), {"input_size": (96, 128)}),
     ("conceptfusion", (96, 128), {"input_size": (96, 128), "output_size": (75, 101)}),
     ("dff", (75, 101), {**SMALL, "input_size": (60, 80), "output_size": (60, 80)}),
-    ("dff", (50, 70), {**SMALL, "input_size": (60, 80), "output_size": (60, 80)}),  # narrower: not resized
+    ("dff", (50, 70), {**SMALL, "input_size": (60, 80), "output_size": (60, 80), "scales": (0.75, 1.25)}),  # narrow
     ("feature-3dgs", (75, 101), {**SMALL, "input_size": (60, 80)}),
 ]
 
@@ -235,7 +95,11 @@ def test_batched_recipe_equals_the_reference_on_the_resnet(
     check_case(tiny_rn, name, size, overrides)
 
 
-REAL = [("langseg-eval", (90, 120)), ("dff", (120, 160)), ("openscene", (240, 320))]
+REAL = [  # the two big layouts are slow on 2 cores (36 and 26 forwards of 480x480, twice): the SMALL cases cover them
+    pytest.param("langseg-eval", (90, 120), marks=pytest.mark.slow),
+    pytest.param("dff", (120, 160), marks=pytest.mark.slow),
+    ("openscene", (240, 320)),
+]
 
 
 @pytest.mark.parametrize(("name", "size"), REAL)
@@ -319,3 +183,77 @@ def test_raw_head1_needs_a_torch_runner() -> None:
     with pytest.raises(LsegTrtError, match="onnxruntime gives unit-norm features only"):
         RecipeRunner(runner, get_recipe("dff"), (0.5,) * 3, (0.5,) * 3)
     RecipeRunner(runner, get_recipe("langseg-eval"), (0.5,) * 3, (0.5,) * 3)  # unit features: any backend
+
+
+# ---- CLI and store --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--recipe", "vlmap"], "unknown recipe 'vlmap'"),
+        (["--recipe", "langseg-eval", "--crop", "100"], "crop 100: must be a positive multiple of 32"),
+        (["--recipe", "langseg-eval", "--stride", "0"], "stride 0: must be in 1..crop"),
+        (["--recipe", "vlmaps", "--stride", "500"], "stride 500: must be in 1..crop"),
+        (["--recipe", "dff", "--scales", "1", "0"], "each must be a positive number"),
+        (["--recipe", "dff", "--scales", "-1"], "each must be a positive number"),
+        (["--recipe", "dff", "--devices", "cpu"], "workers run the single pass"),
+        (["--recipe", "dff", "--pool", "2"], "--pool and --pca"),
+        (["--recipe", "dff", "--output-size", "0x3"], "positive numbers"),
+    ],
+)
+def test_invalid_recipe_options_exit_2_in_one_line(cli, args: list[str], message: str) -> None:  # noqa: ANN001
+    result = cli("extract", "--images", "x.png", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def frames(tmp_path: Path) -> Path:
+    """Three 64x96 PNG frames (lossless: the stored features follow from the pixels alone)."""
+    from PIL import Image
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(image_of((64, 96), seed=i)).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_extract_recipe_runs_store_resume_and_compare(cli, frames: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    out = tmp_path / "features"
+    common = ["--weights", "random", "--variant", "tiny_vit", "--images", frames, "--out", out, "--format", "npy"]
+    common += ["--device", "cpu", "--batch", "4"]
+    assert cli("extract", *common, "--sizes", "64x96").returncode == 0  # the single pass, for compare
+    first = cli("extract", *common, "--recipe", "openscene")
+    assert first.returncode == 0, first.stderr
+    tree = out / "torch" / "tiny_vit" / "random"
+    run = tree / "64x96-openscene-npy.run"
+    settings = json.loads((run / "run.json").read_text())
+    assert settings["recipe"]["name"] == "openscene" and settings["recipe"]["flip"] == "sum"
+    assert settings["feature_shape"][1:] == [64, 96]
+    stored = np.load(tree / "00" / "64x96-openscene.npy")
+    assert stored.shape == (1, settings["feature_shape"][0], 64, 96) and stored.dtype == np.float16
+    lseg = random_lseg("tiny_vit")
+    expected = batched(lseg, "openscene", image_of((64, 96), seed=0), {})
+    np.testing.assert_allclose(stored[0], expected.numpy(), rtol=0, atol=2e-3)  # fp16 storage
+
+    again = cli("extract", *common, "--recipe", "vlmaps", "--resume")
+    assert again.returncode == 2 and "is a run of recipe" in again.stderr, again.stderr
+    changed = cli("extract", *common, "--recipe", "openscene", "--flip", "none", "--resume")
+    assert changed.returncode == 2 and "settings differ" in changed.stderr and "recipe" in changed.stderr
+    assert cli("extract", *common, "--recipe", "openscene", "--resume").returncode == 0
+
+    report = tmp_path / "compare"
+    compared = cli("compare", "--tree", out, "--by", "recipes", "--out", report)
+    assert compared.returncode == 0, compared.stderr
+    rows = json.loads((report / "compare_recipes.json").read_text())["comparisons"]
+    assert {(r["reference"], r["candidate"]) for r in rows} == {("default", "openscene")} and len(rows) == 3
+
+
+def test_an_input_size_makes_a_full_resolution_row_resize() -> None:
+    """lang-seg's app resizes to 360x480 first: `--input-size` on a row that takes the full image."""
+    recipe = get_recipe("langseg-eval", input_size=(360, 480))
+    assert recipe.resize == "exact" and recipe.output_shape(512, (960, 1280)) == (512, 360, 480)
+    assert get_recipe("langseg-eval").output_shape(512, (960, 1280)) == (512, 960, 1280)

@@ -17,7 +17,9 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.sizes import SIZE_MULTIPLE
+from lseg_trt.extraction.manifest import SETTINGS_FILE, RunLayout, read_settings
+from lseg_trt.extraction.sources import Source, decode, decode_video, list_items
+from lseg_trt.sizes import SIZE_MULTIPLE, format_size
 
 # Input resize rules, applied before anything else (see `multicrop.prepared`).
 RESIZES = {
@@ -72,11 +74,14 @@ class Recipe:
     dtype: str = "fp32"  # of the result
 
     def with_overrides(self, **overrides: object) -> Recipe:
-        """This row with the fields given (None values ignored), checked."""
+        """This row with the fields given (None values ignored), checked. An input size given to a row
+        that does not resize makes it resize to exactly that size (lang-seg's app: 360x480 first)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = sorted(set(given) - {f.name for f in fields(self)})
         if unknown:
             raise LsegTrtError(f"recipe {self.name}: no setting {', '.join(unknown)}")
+        if "input_size" in given and self.resize == "none" and "resize" not in given:
+            given["resize"] = "exact"
         if "scales" in given:
             given["scales"] = tuple(float(s) for s in given["scales"])  # type: ignore[union-attr]
         return replace(self, **given).checked()
@@ -288,3 +293,36 @@ def get_recipe(name: str, **overrides: object) -> Recipe:
     if name not in RECIPES:
         raise LsegTrtError(f"unknown recipe {name!r}: choose {', '.join(RECIPES)}")
     return RECIPES[name].with_overrides(**overrides)
+
+
+def recipe_name(settings: dict) -> str:
+    """The recipe a run's settings (run.json, an extractor's metadata) record; `default` when none."""
+    recipe = settings.get("recipe")
+    return recipe["name"] if isinstance(recipe, dict) and isinstance(recipe.get("name"), str) else DEFAULT.name
+
+
+def check_resume(layout: RunLayout) -> None:
+    """Refuse `--resume` of a run folder that does not exist when one of another recipe, at this size and
+    format, does: each recipe has its own folder, so the resume would silently start a new run instead of
+    continuing the one the user meant. (Changed settings of the same recipe are refused by `start_run`.)"""
+    if layout.settings_path.exists():
+        return
+    for sibling in sorted(layout.tree.glob(f"{format_size(layout.size)}-*{layout.format}.run")):
+        settings_path = sibling / SETTINGS_FILE
+        if sibling != layout.run_dir and settings_path.is_file():
+            other = recipe_name(read_settings(sibling))
+            if other != layout.recipe:
+                raise LsegTrtError(
+                    f"cannot resume recipe {layout.recipe}: {sibling} is a run of recipe {other}; drop --resume to "
+                    "start this recipe's run beside it"
+                )
+
+
+def first_image_size(source: Source) -> tuple[int, int]:
+    """(H, W) of the first readable item of `source` in name order, the order a run takes them: a recipe's
+    output size follows from its images' size, and a run stores one shape."""
+    for item in list_items(source):
+        _, pixels = next(decode_video([item])) if item.frame is not None else (item, decode(item))
+        if not isinstance(pixels, LsegTrtError):
+            return pixels.shape[0], pixels.shape[1]
+    raise LsegTrtError("no readable image among the inputs")
