@@ -257,3 +257,24 @@ def test_an_input_size_makes_a_full_resolution_row_resize() -> None:
     recipe = get_recipe("langseg-eval", input_size=(360, 480))
     assert recipe.resize == "exact" and recipe.output_shape(512, (960, 1280)) == (512, 360, 480)
     assert get_recipe("langseg-eval").output_shape(512, (960, 1280)) == (512, 960, 1280)
+
+
+def test_feature_extractor_takes_a_recipe_by_name(tmp_path: Path) -> None:
+    """The API: `FeatureExtractor.open(..., recipe=NAME)` gives the recipe's output for paths and arrays,
+    declares its shape, and a run of it reads back through `open_features`."""
+    from PIL import Image
+
+    from lseg_trt.extraction import FeatureExtractor, extract, open_features
+
+    image = image_of((64, 96), seed=3)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    with FeatureExtractor.open(weights="random", variant="tiny_vit", size=(64, 96), recipe="openscene",
+                               device="cpu", batch_size=4) as fx:  # fmt: skip
+        assert fx.output_shape() == (32, 64, 96)
+        from_path = fx([tmp_path / "a.png"])
+        assert from_path.shape == (1, 32, 64, 96) and from_path.dtype == torch.float16
+        assert torch.equal(from_path, fx.frame(image))
+        summary = extract(fx, tmp_path / "a.png", tmp_path / "out", progress=False)
+    assert summary.ok and summary.done == 1
+    store = open_features(summary.run_dir)
+    np.testing.assert_array_equal(store["a"], from_path.numpy())

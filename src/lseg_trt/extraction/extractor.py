@@ -22,7 +22,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.multicrop import RecipeRunner
 from lseg_trt.extraction.pipeline import Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.preprocess import network_input
-from lseg_trt.extraction.recipes import DEFAULT, Recipe
+from lseg_trt.extraction.recipes import DEFAULT, Recipe, get_recipe
 from lseg_trt.extraction.sources import Source, list_items
 from lseg_trt.images import load_rgb_array
 from lseg_trt.models.config import VARIANTS
@@ -61,8 +61,8 @@ class FeatureExtractor:
         batch_size: images per network call when streaming (the last batch of a group is padded).
         workers: decode threads for `stream` and extraction runs.
         metadata: what manifests record about the model (variant, weights, weights_sha256, ...).
-        recipe: how a downstream project extracts (`lseg_trt.extraction.recipes`); None or `default`
-            (without overrides) is the single pass. Others run every crop of a batch on the device
+        recipe: how a downstream project extracts (`lseg_trt.extraction.recipes`: a row, or its name);
+            None or `default` (without overrides) is the single pass. Others run every crop of a batch on the device
             (`multicrop.RecipeRunner`), give the recipe's output per image, and record it in the metadata.
     """
 
@@ -76,7 +76,7 @@ class FeatureExtractor:
         batch_size: int = 8,
         workers: int = default_workers(),
         metadata: dict[str, Any] | None = None,
-        recipe: Recipe | None = None,
+        recipe: Recipe | str | None = None,
     ) -> None:
         self.multicrop = _recipe_runner(recipe, runner, tuple(size), mean, std, batch_size)
         if self.multicrop is None:
@@ -105,7 +105,7 @@ class FeatureExtractor:
         device: str | torch.device = "auto",
         cache_dir: str | Path = "models",
         workers: int = default_workers(),
-        recipe: Recipe | None = None,
+        recipe: Recipe | str | None = None,
     ) -> FeatureExtractor:
         """An extractor for exactly one of `weights` (a checkpoint or "random"), `onnx` or `engine`."""
         from lseg_trt.artifacts import open_model
@@ -128,7 +128,7 @@ class FeatureExtractor:
         device: str | torch.device = "auto",
         cache_dir: str | Path = "models",
         workers: int = default_workers(),
-        recipe: Recipe | None = None,
+        recipe: Recipe | str | None = None,
     ) -> FeatureExtractor:
         """An extractor for an opened model (`lseg_trt.artifacts.open_model`); `backend` None runs it with the
         backend its file implies (torch for weights, onnxruntime for ONNX, tensorrt for engines)."""
@@ -268,7 +268,7 @@ class FeatureExtractor:
 
 
 def _recipe_runner(
-    recipe: Recipe | None,
+    recipe: Recipe | str | None,
     runner: Runner,
     size: tuple[int, int],
     mean: tuple[float, float, float],
@@ -278,6 +278,8 @@ def _recipe_runner(
     """The multi-crop runner of a recipe, or None for the single pass (`default` at the extractor's size)."""
     if recipe is None:
         return None
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
     if recipe.name == DEFAULT.name:
         recipe = recipe.with_overrides(input_size=size)
         if recipe == DEFAULT.with_overrides(input_size=size):
