@@ -11,6 +11,7 @@ row-major, scales in order), so sums round as the original's do.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -26,6 +27,13 @@ from lseg_trt.models import LOGIT_SCALE
 BLACK = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std of a recipe without mean/std: pixels / 255
 
 
+@functools.lru_cache(maxsize=32)
+def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small tensor made once per device: a host-to-device copy per image or batch would make the host
+    wait for all the GPU work queued before it (see `preprocess._normalisation`)."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
 def up2(x: torch.Tensor) -> torch.Tensor:
     """lang-seg's `output_conv`: x2 bilinear, align_corners=True."""
     return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
@@ -39,7 +47,7 @@ def crop_tensor(tensor: str, out: torch.Tensor) -> torch.Tensor:
     if tensor == "unit-up2":
         return up2(out)
     if tensor == "vlmaps":  # lang-seg's fp32 logit_scale meets an fp16 tensor: rounded to fp16 first
-        scale = torch.tensor(LOGIT_SCALE, dtype=torch.float16, device=out.device)
+        scale = constant((LOGIT_SCALE,), out.device, torch.float16)[0]  # 0-dim, as lang-seg's parameter
         return up2((scale * out.half()).float())
     if tensor == "up2-unit":
         raised = up2(out)
@@ -131,9 +139,7 @@ class RecipeRunner:
             x = cv2_linear(x, r.input_size)  # type: ignore[arg-type]
         x = x / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
         if r.mean_std:
-            mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-            std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-            x = (x - mean) / std
+            x = (x - constant(self.mean, x.device).view(1, 3, 1, 1)) / constant(self.std, x.device).view(1, 3, 1, 1)
         target = r.input_image_size(tuple(x.shape[-2:]))  # type: ignore[arg-type]
         if r.resize in ("exact", "wider") and target != tuple(x.shape[-2:]):
             x = F.interpolate(x, target, mode="bilinear", align_corners=True)
@@ -147,7 +153,7 @@ class RecipeRunner:
             self.recipe.output_shape(1, size)  # checks the one-pass size
             return state, [(0, 0, x)]
         base, crop, stride = self.recipe.geometry(size)
-        black = torch.tensor([-m / s for m, s in zip(self.mean, self.std, strict=True)], device=x.device)
+        black = constant(tuple(-m / s for m, s in zip(self.mean, self.std, strict=True)), x.device)
         crops = []
         for s, scale in enumerate(self.recipe.scales):
             plan = plan_scale(size, base, crop, stride, scale)
