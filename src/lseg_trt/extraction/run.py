@@ -86,7 +86,7 @@ def open_run(
     extractor.runner.check_input((extractor.batch_size, 3, *extractor.size))
     feature_shape = extractor.output_shape()
     layout = layout_for(extractor, out, format)
-    if resume:
+    if resume and not shared:  # tasks joining one run may arrive before its first task writes run.json
         check_resume(layout)
     reduction.check(feature_shape)
     settings = {
