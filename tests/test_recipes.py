@@ -26,7 +26,7 @@ from lseg_trt.models import LSeg, random_lseg
 def batched(lseg: LSeg, name: str, image: np.ndarray, overrides: dict, batch_size: int = 16) -> torch.Tensor:
     runner = make_runner(parse_backend("torch"), ModelSource.from_lseg(lseg), "cpu", "models")
     recipe = get_recipe(name, **overrides)
-    return RecipeRunner(runner, recipe, lseg.mean, lseg.std, batch_size=batch_size)([torch.from_numpy(image)])[0]
+    return RecipeRunner(runner, recipe, lseg.mean, lseg.std, batch_size=batch_size)([image])[0]
 
 
 def reference(lseg: LSeg, name: str, image: np.ndarray, s: dict) -> torch.Tensor:

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -114,14 +115,16 @@ class RecipeRunner:
     def device(self) -> torch.device:
         return self.runner.device
 
-    def __call__(self, images: Sequence[torch.Tensor] | torch.Tensor) -> list[torch.Tensor]:
-        """One (C, H, W) result per uint8 image ((H, W, 3), or a (B, H, W, 3) batch), in the recipe's
-        dtype, on the runner's device; the caller may keep them."""
-        self.runner.activate()
+    def __call__(self, images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> list[torch.Tensor]:
+        """One (C, H, W) result per uint8 image ((H, W, 3) tensors or arrays, or a (B, H, W, 3) batch), in
+        the recipe's dtype, on the runner's device; the caller may keep them."""
+        if not self.runner.active:
+            self.prepared.clear()  # per-shape set-up (graphs, bindings) goes with the runner's activation
+            self.runner.activate()
         with torch.inference_mode():
             states, jobs = [], []
             for index, image in enumerate(images):
-                state, crops = self._plan(self.prepared_input(image.to(self.device)))
+                state, crops = self._plan(self.prepared_input(torch.as_tensor(image).to(self.device)))
                 states.append(state)
                 jobs += [(index, *crop) for crop in crops]
             self._run(states, jobs)
