@@ -42,6 +42,21 @@ def test_gpu_speed_runs_its_sections_on_the_cpu(tmp_path: Path) -> None:
     assert all(r["status"] == "ok" for r in rows), rows
 
 
+def test_recipes_bench_runs_on_the_cpu(tmp_path: Path) -> None:
+    """The GPU command with the tiny network on three recipes: one row each, the batched output agreeing
+    with the project's loop on this device, and the machine recorded."""
+    run_script(
+        "recipes_bench.py", "--out", str(tmp_path), "--variant", "tiny_vit", "--device", "cpu", "--precisions", "fp32",
+        "--recipes", "openscene,lseg-minimal,vlmaps", "--frames", "2", "--loop-frames", "1", "--batch", "4",
+    )  # fmt: skip
+    record = json.loads((tmp_path / "recipes_bench.json").read_text())
+    assert record["machine"] and [r["recipe"] for r in record["rows"]] == ["openscene", "lseg-minimal", "vlmaps"]
+    for row in record["rows"]:
+        assert row["pixel_cosine_min"] >= 0.99999 and row["batched_fps"] > 0 and row["loop_fp32_fps"] > 0, row
+    assert [r["forwards_per_frame"] for r in record["rows"]] == [2, 1, 2]
+    assert "| openscene | 320x240 |" in (tmp_path / "recipes_bench.md").read_text()
+
+
 @pytest.mark.slow
 def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
     tiny = ("--variant", "tiny_vit", "--size", "64x96", "--batch", "4")

@@ -1,4 +1,5 @@
-"""Compare saved feature maps in float64: backend vs backend, checkpoint vs checkpoint, size vs size.
+"""Compare saved feature maps in float64: backend vs backend, checkpoint vs checkpoint, size vs size,
+recipe vs recipe (`extract --recipe`: the single pass, or the recipe first by name, is the reference).
 
 Each mode is a row of `MODES`: which keys form a group (everything but the compared axis is equal)
 and which pairs within a group are compared. Backend comparisons are judged by the candidate's
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.feature_tree import FeatureKey, load_features, scan
+from lseg_trt.feature_tree import DEFAULT_RECIPE, FeatureKey, load_features, scan
 from lseg_trt.metrics import FeatureMetrics, compare_features
 from lseg_trt.tolerances import TOLERANCES
 
@@ -108,6 +109,12 @@ def _checkpoint_pairs(members: list[FeatureKey], _: str) -> Iterator[tuple[Featu
     yield from combinations(sorted(members, key=lambda k: k.weights), 2)
 
 
+def _recipe_pairs(members: list[FeatureKey], _: str) -> Iterator[tuple[FeatureKey, FeatureKey]]:
+    ordered = sorted(members, key=lambda k: (k.recipe != DEFAULT_RECIPE, k.recipe))
+    for k in ordered[1:]:
+        yield ordered[0], k
+
+
 def _size_pairs(members: list[FeatureKey], _: str) -> Iterator[tuple[FeatureKey, FeatureKey]]:
     ordered = sorted(members, key=_pixels)
     for k in ordered[1:]:
@@ -125,6 +132,7 @@ MODES: dict[str, Mode] = {
     "backends": Mode("backend", _backend_pairs, True),
     "checkpoints": Mode("weights", _checkpoint_pairs, False),
     "sizes": Mode("size", _size_pairs, False),
+    "recipes": Mode("recipe", _recipe_pairs, False),
 }
 
 
@@ -156,6 +164,9 @@ def compare_tree(root: Path, mode: str, reference_backend: str = "torch") -> lis
             size = ref.size
             if mode == "sizes":
                 b, size = _resize_unit(b, a.shape[2:]), f"{cand.size} -> {ref.size}"
+            elif mode == "recipes":  # grids, dtypes and norms differ by recipe: directions on the reference's grid
+                a, b = _resize_unit(a, a.shape[2:]), _resize_unit(b, a.shape[2:])
+                size = f"{ref.size} ({a.shape[2]}x{a.shape[3]} grid)"
             elif a.shape != b.shape:
                 raise LsegTrtError(f"mismatched feature maps: {files[ref]} {a.shape} vs {files[cand]} {b.shape}")
             weights = f"{ref.weights} vs {cand.weights}" if mode == "checkpoints" else ref.weights

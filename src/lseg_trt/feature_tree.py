@@ -1,8 +1,9 @@
 """The per-image feature tree that `extract` writes and `compare` reads (the seed's layout).
 
 `<root>/<backend>/<variant>/<weights>/<image>/<H>x<W>.npy`, each a float32 or float16 array
-(1, C, H/2, W/2) of unit-norm features; H x W is the network input size. Every component is a safe
-single path component (`lseg_trt.names`), so no key can point outside the root.
+(1, C, H/2, W/2) of unit-norm features; H x W is the network input size. A downstream recipe's run
+(`lseg_trt.extraction.recipes`) writes `<H>x<W>-<recipe>.npy`, H x W then being the image size. Every
+component is a safe single path component (`lseg_trt.names`), so no key can point outside the root.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.names import regular_file
 
 FLOAT_KINDS = "f"  # numpy dtype kinds a feature file may hold
+DEFAULT_RECIPE = "default"  # the single pass, whose files carry no recipe name
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,15 @@ class FeatureKey:
     weights: str
     image: str
     size: str  # HxW
+    recipe: str = DEFAULT_RECIPE
 
     def path(self, root: Path) -> Path:
-        return root / self.backend / self.variant / self.weights / self.image / f"{self.size}.npy"
+        return root / self.backend / self.variant / self.weights / self.image / f"{self.label}.npy"
+
+    @property
+    def label(self) -> str:
+        """The file's stem: the size, and the recipe unless it is the single pass."""
+        return self.size if self.recipe == DEFAULT_RECIPE else f"{self.size}-{self.recipe}"
 
 
 def scan(root: Path) -> dict[FeatureKey, Path]:
@@ -39,7 +47,8 @@ def scan(root: Path) -> dict[FeatureKey, Path]:
     found = {}
     for path in sorted(root.glob("*/*/*/*/*.npy")):
         backend, variant, weights, image = path.relative_to(root).parts[:4]
-        found[FeatureKey(backend, variant, weights, image, path.stem)] = path
+        size, _, recipe = path.stem.partition("-")
+        found[FeatureKey(backend, variant, weights, image, size, recipe or DEFAULT_RECIPE)] = path
     if not found:
         raise LsegTrtError(f"no feature files under {root} (expected <backend>/<variant>/<weights>/<image>/<HxW>.npy)")
     return found

@@ -93,8 +93,19 @@ class Runner(ABC):
     def __exit__(self, *exc: object) -> None:
         self.deactivate()
 
+    def set_raw_head1(self, raw: bool) -> None:
+        """Make `infer` return raw head1 (float32, before the per-pixel normalisation) or, with False, the
+        unit-norm features, from the next activation on: for recipes that normalise later or never.
+        Engines and ONNX files end in the normalisation, so only the torch runners can give raw head1."""
+        if raw:
+            raise LsegTrtError(
+                f"{self.name} gives unit-norm features only; this recipe needs raw head1: use a torch backend "
+                "(torch, torch-fused, torch-compile, torch-compile-fused)"
+            )
+
     def infer(self, x: torch.Tensor) -> torch.Tensor:
-        """Features of a device batch (float32, unit norm per pixel); may return a reused buffer."""
+        """Features of a device batch (float32, unit norm per pixel, or raw head1 after `set_raw_head1`);
+        may return a reused buffer."""
         if not self.active:
             raise RuntimeError(f"{self.name}: infer() before activate()")
         return self._infer(x)

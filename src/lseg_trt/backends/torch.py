@@ -28,6 +28,7 @@ class TorchRunner(Runner):
         self.source = encoder
         self.model: torch.nn.Module | None = None
         self.fn: Callable[[torch.Tensor], torch.Tensor] | None = None
+        self.raw = False  # run `head1_features` instead of the normalised forward (`set_raw_head1`)
 
     @classmethod
     def from_source(
@@ -35,15 +36,20 @@ class TorchRunner(Runner):
     ) -> TorchRunner:
         return cls(lseg_of(source, spec.name).image_encoder, spec, device)
 
+    def set_raw_head1(self, raw: bool) -> None:
+        if raw != self.raw:
+            self.deactivate()  # the next activation wraps the other function
+            self.raw = raw
+
     def _activate(self) -> None:
         model = placed_encoder(self.source, self.device, self.spec.precision, fused=self.fused)
         self.model = model
-        fn: Callable[[torch.Tensor], torch.Tensor] = self._wrap(model)
+        fn: Callable[[torch.Tensor], torch.Tensor] = self._wrap(model.head1_features if self.raw else model)
         if self.spec.cuda_graph:
             fn = GraphCache(fn, self.device, self.setup_seconds)
         self.fn = fn
 
-    def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _wrap(self, model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
         return model
 
     def _deactivate(self) -> None:
@@ -67,7 +73,7 @@ class TorchCompileRunner(TorchRunner):
 
     options: dict[str, Any] | None = None  # Inductor options (benchmarks/gpu_speed.py tries some)
 
-    def _wrap(self, model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def _wrap(self, model: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
         # Dynamo counts recompilations per code object across module instances and silently falls back
         # to eager past its limit, so start each runner afresh.
         torch._dynamo.reset()

@@ -203,6 +203,72 @@ def backends_from_args(ns: argparse.Namespace, default: str) -> list:  # noqa: A
     return parse_backends(",".join(ns.backends) if ns.backends is not None else default)
 
 
+# ---- downstream recipes ------------------------------------------------------------------------------
+
+RECIPE_FIELDS = ("base_size", "crop", "stride", "scales", "flip", "input_size", "output_size")
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """`HxW` (or `N`) of positive numbers; no multiple-of-32 rule: images and outputs take any size."""
+    parts = text.lower().split("x")
+    try:
+        numbers = [int(p) for p in parts] * (2 if len(parts) == 1 else 1)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or HxW") from None
+    if len(numbers) != 2 or min(numbers) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not N or HxW of positive numbers")
+    return numbers[0], numbers[1]
+
+
+def add_recipe_args(parser: argparse.ArgumentParser) -> None:
+    """`--recipe NAME` and its overrides; the checks (crop a multiple of 32, 0 < stride <= crop, scales > 0)
+    are the recipe's own, in `recipe_from_args`."""
+    group = parser.add_argument_group(
+        "recipe", "extract as a downstream project does (shared/docs/recipes.md); each option overrides the row"
+    )
+    group.add_argument(
+        "--recipe",
+        help="default (one pass) | langseg-eval | vlmaps | openscene | lseg-minimal | conceptfusion | dff | "
+        "feature-3dgs; --sizes is then the images' size [the first image's]",
+    )
+    group.add_argument("--base-size", type=int, help="long side at scale 1")
+    group.add_argument("--crop", type=int, help="square crop side, a multiple of 32")
+    group.add_argument("--stride", type=int, help="tile step, 1..crop [crop * 2/3]")
+    group.add_argument("--scales", type=float, nargs="+", help="scales of the base size")
+    group.add_argument("--flip", choices=("none", "sum", "mean"), help="horizontal flip: off, summed or averaged")
+    group.add_argument("--input-size", type=image_size, help="HxW of the recipe's input resize")
+    group.add_argument("--output-size", type=image_size, help="HxW of the final resize")
+
+
+def recipe_from_args(ns: argparse.Namespace):  # noqa: ANN201 - Recipe | None (lazy import)
+    """The checked recipe, None for the single pass (no recipe option, or `default` as it is)."""
+    overrides = {name: getattr(ns, name) for name in RECIPE_FIELDS}
+    if ns.recipe is None and all(v is None for v in overrides.values()):
+        return None
+    from lseg_trt.extraction.recipes import RECIPES, get_recipe
+
+    recipe = get_recipe(ns.recipe or "default", **overrides)
+    return None if recipe == RECIPES["default"] else recipe
+
+
+def recipe_sizes_from(ns: argparse.Namespace, recipe) -> list[tuple[int, int]]:  # noqa: ANN001 - Recipe
+    """The image sizes of an `extract --recipe` run, one run each: `--sizes` (any HxW), else the first
+    image's. Options that assume the single pass's unit features at H/2, or workers that run only it,
+    are refused here, before anything is loaded."""
+    if ns.devices is not None or ns.ray is not None:
+        raise LsegTrtError(f"--recipe {recipe.name} with --devices or --ray: workers run the single pass; use --shard")
+    if ns.pool != 1 or ns.pca:
+        raise LsegTrtError(f"--pool and --pca renormalise unit features: not with --recipe {recipe.name}")
+    if not ns.sizes:
+        from lseg_trt.extraction.recipes import first_image_size
+
+        return [first_image_size(ns.images)]
+    try:
+        return list(dict.fromkeys(image_size(t) for t in ns.sizes))
+    except argparse.ArgumentTypeError as e:
+        raise LsegTrtError(f"--sizes: {e}") from None
+
+
 # ---- outputs -----------------------------------------------------------------------------------------
 
 

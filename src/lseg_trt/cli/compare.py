@@ -39,7 +39,7 @@ def run_compare(ns: argparse.Namespace) -> int:
 
 def _compare_args(p: Parser) -> None:
     p.add_argument("--tree", default="outputs/features", help="root written by `extract --format npy` [%(default)s]")
-    p.add_argument("--by", choices=("backends", "checkpoints", "sizes"), default="backends")
+    p.add_argument("--by", choices=("backends", "checkpoints", "sizes", "recipes"), default="backends")
     p.add_argument("--reference", default="torch", help="reference backend for --by backends [%(default)s]")
     p.add_argument("--out", default="outputs/compare", help="report folder [%(default)s]")
 

@@ -15,12 +15,15 @@ from lseg_trt.cli import Command
 from lseg_trt.cli.args import (
     Parser,
     add_device_args,
+    add_recipe_args,
     add_weights_args,
     batch_size,
     device_from_args,
     non_negative_int,
     out_dir_from,
     positive_int,
+    recipe_from_args,
+    recipe_sizes_from,
     sizes_from,
     source_from_args,
 )
@@ -41,7 +44,9 @@ def run_extract(ns: argparse.Namespace) -> int:
     scaled = task.count > 1 or ns.devices is not None or ns.ray is not None
     devices = _devices(ns.devices) if ns.devices is not None else None
     device = devices[0] if devices else device_from_args(ns)
-    sizes = sizes_from(ns.sizes)
+    recipe = recipe_from_args(ns)
+    sizes = sizes_from(ns.sizes or ["480x640"]) if recipe is None else recipe_sizes_from(ns, recipe)
+    ns.dtype = ns.dtype or (recipe.dtype if recipe is not None else "fp16")  # a recipe stores in its own dtype
     out = out_dir_from(ns.out)
     if ns.ray is not None:  # before anything is loaded or written: a wrong address fails in seconds
         from lseg_trt.extraction.ray_data import connect
@@ -59,8 +64,9 @@ def run_extract(ns: argparse.Namespace) -> int:
     delegated = (devices is not None or ns.ray is not None) and not ns.pca
     for size in sizes:
         extractor = FeatureExtractor.from_source(
-            source, ns.backend, size, batch_size=ns.batch, device=device, cache_dir=ns.cache, workers=ns.workers
-        )
+            source, ns.backend, size, batch_size=ns.batch, device=device, cache_dir=ns.cache, workers=ns.workers,
+            recipe=recipe,
+        )  # fmt: skip
         with contextlib.nullcontext(extractor) if delegated else extractor:
             if scaled:
                 summary = _scaled_run(ns, extractor, items, out, task, devices)
@@ -141,14 +147,14 @@ def _extract_args(p: Parser) -> None:
         "precision",
     )
     p.add_argument("--images", nargs="+", required=True, help="image files, folders (recursive), globs, list files")
-    p.add_argument("--sizes", nargs="+", default=["480x640"], help="network input N or HxW, one run each [%(default)s]")
+    p.add_argument("--sizes", nargs="+", help="network input N or HxW, one run each [480x640]")
     p.add_argument("--batch", type=batch_size, default=8, help="images per network call [%(default)s]")
     p.add_argument("--workers", type=positive_int, default=default_workers(), help="decode threads [%(default)s]")
     p.add_argument(
         "--format", choices=FORMATS, default="shards", help="safetensors shards or per-image .npy [%(default)s]"
     )
     p.add_argument("--shard-size", type=positive_int, default=64, help="items per shard and manifest [%(default)s]")
-    p.add_argument("--dtype", choices=("fp16", "fp32"), default="fp16", help="storage dtype [%(default)s]")
+    p.add_argument("--dtype", choices=("fp16", "fp32"), help="storage dtype [fp16; a recipe's own]")
     p.add_argument("--pool", type=positive_int, default=1, help="average-pool the feature grid by K [%(default)s]")
     p.add_argument("--pca", type=non_negative_int, default=0, help="project to K channels (fitted PCA; 0 = off)")
     again = p.add_mutually_exclusive_group()
@@ -156,6 +162,7 @@ def _extract_args(p: Parser) -> None:
     again.add_argument("--force", action="store_true", help="redo an existing run folder")
     p.add_argument("--out", default="outputs/features", help="output root [%(default)s]")
     add_device_args(p)
+    add_recipe_args(p)
     scale = p.add_argument_group("scale-out", "the same files as a one-GPU run, written by several processes")
     scale.add_argument(
         "--shard", metavar="K/N", help="do task K of N (SLURM array, Kubernetes indexed job): items by sha1 of name"

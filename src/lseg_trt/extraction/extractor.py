@@ -19,8 +19,10 @@ from PIL import Image
 from lseg_trt.backends import Runner, backend_for, make_runner
 from lseg_trt.backends.base import default_device, is_oom
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.multicrop import RecipeRunner
 from lseg_trt.extraction.pipeline import Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.preprocess import network_input
+from lseg_trt.extraction.recipes import DEFAULT, Recipe, get_recipe
 from lseg_trt.extraction.sources import Source, list_items
 from lseg_trt.images import load_rgb_array
 from lseg_trt.models.config import VARIANTS
@@ -53,11 +55,15 @@ class FeatureExtractor:
 
     Args:
         runner: any backend runner (not yet active).
-        size: network input (H, W), multiples of 32; features are (C, H/2, W/2).
+        size: network input (H, W), multiples of 32; features are (C, H/2, W/2). With a recipe other than
+            `default`: the size of the images (any H, W), from which the recipe's output shape follows.
         mean, std: the checkpoint's normalisation.
         batch_size: images per network call when streaming (the last batch of a group is padded).
         workers: decode threads for `stream` and extraction runs.
         metadata: what manifests record about the model (variant, weights, weights_sha256, ...).
+        recipe: how a downstream project extracts (`lseg_trt.extraction.recipes`: a row, or its name);
+            None or `default` (without overrides) is the single pass. Others run every crop of a batch on the device
+            (`multicrop.RecipeRunner`), give the recipe's output per image, and record it in the metadata.
     """
 
     def __init__(
@@ -70,13 +76,18 @@ class FeatureExtractor:
         batch_size: int = 8,
         workers: int = default_workers(),
         metadata: dict[str, Any] | None = None,
+        recipe: Recipe | str | None = None,
     ) -> None:
-        check_size(*size)
+        self.multicrop = _recipe_runner(recipe, runner, tuple(size), mean, std, batch_size)
+        if self.multicrop is None:
+            check_size(*size)
         if batch_size < 1:
             raise LsegTrtError(f"batch size {batch_size}: must be at least 1")
         self.runner, self.size, self.mean, self.std = runner, tuple(size), tuple(mean), tuple(std)
         self.batch_size, self.workers = batch_size, workers
         self.metadata = {"backend": runner.name, **(metadata or {})}
+        if self.multicrop is not None:
+            self.metadata["recipe"] = self.multicrop.recipe.describe()
         self.feature_shape: tuple[int, int, int] | None = None
         self.prepared: set[tuple[int, ...]] = set()
 
@@ -94,6 +105,7 @@ class FeatureExtractor:
         device: str | torch.device = "auto",
         cache_dir: str | Path = "models",
         workers: int = default_workers(),
+        recipe: Recipe | str | None = None,
     ) -> FeatureExtractor:
         """An extractor for exactly one of `weights` (a checkpoint or "random"), `onnx` or `engine`."""
         from lseg_trt.artifacts import open_model
@@ -101,8 +113,9 @@ class FeatureExtractor:
         given = {"weights": weights, "onnx": onnx, "engine": engine}
         source = open_model(**{k: str(v) for k, v in given.items() if v is not None}, variant=variant)
         return cls.from_source(
-            source, backend, size, batch_size=batch_size, device=device, cache_dir=cache_dir, workers=workers
-        )
+            source, backend, size, batch_size=batch_size, device=device, cache_dir=cache_dir, workers=workers,
+            recipe=recipe,
+        )  # fmt: skip
 
     @classmethod
     def from_source(
@@ -115,6 +128,7 @@ class FeatureExtractor:
         device: str | torch.device = "auto",
         cache_dir: str | Path = "models",
         workers: int = default_workers(),
+        recipe: Recipe | str | None = None,
     ) -> FeatureExtractor:
         """An extractor for an opened model (`lseg_trt.artifacts.open_model`); `backend` None runs it with the
         backend its file implies (torch for weights, onnxruntime for ONNX, tensorrt for engines)."""
@@ -127,7 +141,9 @@ class FeatureExtractor:
             "weights_sha256": info.weights_sha256,
             "model_kind": source.kind,
         }
-        return cls(runner, size, info.mean, info.std, batch_size=batch_size, workers=workers, metadata=metadata)
+        return cls(
+            runner, size, info.mean, info.std, batch_size=batch_size, workers=workers, metadata=metadata, recipe=recipe
+        )
 
     @property
     def device(self) -> torch.device:
@@ -137,9 +153,8 @@ class FeatureExtractor:
         if not self.runner.active:
             self.runner.activate()
             try:  # one warm-up batch: allocates what the run needs, before anything is written
-                features = self.forward(
-                    torch.zeros((self.batch_size, *self.size, 3), dtype=torch.uint8, device=self.device)
-                )
+                images = 1 if self.multicrop else self.batch_size  # a recipe's crops of one image fill batches
+                features = self.forward(torch.zeros((images, *self.size, 3), dtype=torch.uint8, device=self.device))
             except Exception as e:
                 if not is_oom(e):
                     raise
@@ -171,6 +186,8 @@ class FeatureExtractor:
         variant = self.metadata.get("variant")
         if variant not in VARIANTS:
             return None
+        if self.multicrop is not None:
+            return self.multicrop.recipe.output_shape(VARIANTS[variant].out_c, self.size)  # type: ignore[arg-type]
         return (VARIANTS[variant].out_c, self.size[0] // 2, self.size[1] // 2)
 
     def deactivate(self) -> None:
@@ -185,7 +202,10 @@ class FeatureExtractor:
 
     def forward(self, pixels: torch.Tensor | list[torch.Tensor], pad_to: int | None = None) -> torch.Tensor:
         """Features of uint8 pixels already on the device, padded with black images to `pad_to`
-        (one static shape for CUDA graphs and engines). May return a buffer the runner reuses."""
+        (one static shape for CUDA graphs and engines). May return a buffer the runner reuses.
+        With a recipe: its (B, C, h, w) results, which must share one shape (that of the first image)."""
+        if self.multicrop is not None:
+            return self._recipe_forward(pixels)
         x = network_input(pixels, self.size, self.mean, self.std)
         if pad_to is not None and x.shape[0] < pad_to:
             x = torch.cat([x, x.new_zeros((pad_to - x.shape[0], *x.shape[1:]))])
@@ -195,9 +215,23 @@ class FeatureExtractor:
             self.prepared.add(shape)
         return self.runner.infer(x)
 
+    def _recipe_forward(self, pixels: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        multicrop: RecipeRunner = self.multicrop  # type: ignore[assignment]
+        images = [p.permute(1, 2, 0) if p.shape[0] == 3 and p.shape[-1] != 3 else p for p in pixels]
+        results = multicrop(images)
+        expected = self.feature_shape or tuple(results[0].shape)
+        for result in results:
+            if tuple(result.shape) != expected:
+                raise LsegTrtError(
+                    f"recipe {multicrop.recipe.name}: an image gives features of shape {tuple(result.shape)}, the "
+                    f"run's are {expected}: extract images of one size per run (--sizes, the images' size)"
+                )
+        return torch.stack(results)
+
     def __call__(self, batch: BatchLike) -> torch.Tensor:
-        """(B, C, H/2, W/2) float32 features on the device for paths, arrays, PIL images or a uint8 tensor
-        (B, H, W, 3) / (B, 3, H, W) on any device. The result is the caller's to keep."""
+        """(B, C, H/2, W/2) float32 features on the device (a recipe's output and dtype, with one) for paths,
+        arrays, PIL images or a uint8 tensor (B, H, W, 3) / (B, 3, H, W) on any device. The result is the
+        caller's to keep."""
         self.activate()
         if isinstance(batch, torch.Tensor):
             pixels: torch.Tensor | list[torch.Tensor] = batch.to(self.device)
@@ -231,3 +265,23 @@ class FeatureExtractor:
             pixels, _ = lane.upload(batch.pixels)
             features = self.forward(pixels, pad_to=self.batch_size)[: len(batch.items)].clone()
             yield from zip([i.name for i in batch.items], features, strict=True)
+
+
+def _recipe_runner(
+    recipe: Recipe | str | None,
+    runner: Runner,
+    size: tuple[int, int],
+    mean: tuple[float, float, float],
+    std: tuple[float, float, float],
+    batch_size: int,
+) -> RecipeRunner | None:
+    """The multi-crop runner of a recipe, or None for the single pass (`default` at the extractor's size)."""
+    if recipe is None:
+        return None
+    if isinstance(recipe, str):
+        recipe = get_recipe(recipe)
+    if recipe.name == DEFAULT.name:
+        recipe = recipe.with_overrides(input_size=size)
+        if recipe == DEFAULT.with_overrides(input_size=size):
+            return None
+    return RecipeRunner(runner, recipe, mean, std, batch_size=batch_size)

@@ -22,7 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.feature_tree import FeatureKey
+from lseg_trt.feature_tree import DEFAULT_RECIPE, FeatureKey
 from lseg_trt.files import durable_write, remove_stale_temps
 from lseg_trt.names import inside, safe_component
 from lseg_trt.sizes import format_size
@@ -56,6 +56,7 @@ class RunLayout:
     weights: str
     size: tuple[int, int]
     format: str
+    recipe: str = DEFAULT_RECIPE  # a downstream recipe's runs get their own folder and file names
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -69,7 +70,11 @@ class RunLayout:
 
     @property
     def run_dir(self) -> Path:
-        return self.tree / f"{format_size(self.size)}-{self.format}.run"
+        return self.tree / f"{self.key_label}-{self.format}.run"
+
+    @property
+    def key_label(self) -> str:
+        return FeatureKey(self.backend, self.variant, self.weights, "", format_size(self.size), self.recipe).label
 
     @property
     def settings_path(self) -> Path:
@@ -91,7 +96,7 @@ class RunLayout:
 
     def npy_file(self, component: str) -> Path:
         """The seed's per-image file, where `lseg-trt compare` looks (`feature_tree.FeatureKey`)."""
-        key = FeatureKey(self.backend, self.variant, self.weights, component, format_size(self.size))
+        key = FeatureKey(self.backend, self.variant, self.weights, component, format_size(self.size), self.recipe)
         return inside(self.out, *key.path(Path()).parts)
 
 

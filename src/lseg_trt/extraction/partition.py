@@ -43,6 +43,7 @@ from lseg_trt.extraction.manifest import (
     settings_changes,
     write_shard_manifest,
 )
+from lseg_trt.extraction.recipes import recipe_name
 from lseg_trt.extraction.run import ShardSpec, plan_shards
 from lseg_trt.extraction.sources import Item
 from lseg_trt.names import inside
@@ -175,7 +176,10 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
     if not check.ok:
         raise LsegTrtError(f"cannot merge: {check.describe().splitlines()[-1]}")
     size = tuple(settings["size"])
-    layout = RunLayout(out, settings["backend"], settings["variant"], settings["weights"], size, settings["format"])
+    layout = RunLayout(
+        out, settings["backend"], settings["variant"], settings["weights"], size, settings["format"],
+        recipe_name(settings),
+    )  # fmt: skip
     if any(layout.run_dir.resolve() == d.resolve() for d in run_dirs):
         raise LsegTrtError(f"merge target {layout.run_dir} is one of the inputs")
     if layout.settings_path.exists():

@@ -26,6 +26,7 @@ from lseg_trt.extraction.extractor import FeatureExtractor
 from lseg_trt.extraction.manifest import RunLayout, read_manifest, start_run, write_shard_manifest
 from lseg_trt.extraction.pipeline import STAGES, Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.reader import FeatureSet
+from lseg_trt.extraction.recipes import check_resume, recipe_name
 from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca
 from lseg_trt.extraction.sources import Item, Source, scan
 from lseg_trt.extraction.writers import ShardWriter, WriterPool, shard_writer
@@ -64,7 +65,8 @@ class RunOutput:
 def layout_for(extractor: FeatureExtractor, out: str | Path, format: str) -> RunLayout:
     """Where this extractor's run of `format` lives under `out`."""
     meta = extractor.metadata
-    return RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], extractor.size, format)
+    size, recipe = extractor.size, recipe_name(meta)
+    return RunLayout(Path(out), meta["backend"], meta["variant"], meta["weights"], size, format, recipe)
 
 
 def open_run(
@@ -84,6 +86,8 @@ def open_run(
     extractor.runner.check_input((extractor.batch_size, 3, *extractor.size))
     feature_shape = extractor.output_shape()
     layout = layout_for(extractor, out, format)
+    if resume and not shared:  # tasks joining one run may arrive before its first task writes run.json
+        check_resume(layout)
     reduction.check(feature_shape)
     settings = {
         "format": format,

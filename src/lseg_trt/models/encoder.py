@@ -37,8 +37,13 @@ class LSegImageEncoder(nn.Module):
         self.scratch = Decoder(cfg.pyramid_channels, cfg.features, cfg.out_c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.head1_features(x)
+        return features / torch.linalg.vector_norm(features, dim=1, keepdim=True)
+
+    def head1_features(self, x: torch.Tensor) -> torch.Tensor:
+        """lang-seg's raw `head1` output as float32, before the normalisation: the features DFF,
+        Feature-3DGS, lseg-minimal and ConceptFusion upsample or keep un-normalised."""
         if not tracing():
             check_size(x.shape[-2], x.shape[-1], self.config.size_multiple)
         x = x.to(self.scratch.head1.weight.dtype)
-        features = self.scratch(*self.pretrained(x)).float()
-        return features / torch.linalg.vector_norm(features, dim=1, keepdim=True)
+        return self.scratch(*self.pretrained(x)).float()

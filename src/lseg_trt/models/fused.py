@@ -192,11 +192,15 @@ class FusedImageEncoder(nn.Module):
             parameter.requires_grad_(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.head1_features(x)
+        return features / torch.linalg.vector_norm(features, dim=1, keepdim=True)
+
+    def head1_features(self, x: torch.Tensor) -> torch.Tensor:
+        """`LSegImageEncoder.head1_features`: the decoder's last block already ends in head1 (merged)."""
         if not tracing():
             check_size(x.shape[-2], x.shape[-1], self.config.size_multiple)
         x = x.to(self.scratch.blocks[0].out_conv.weight.dtype)
-        features = self.scratch(*self.pretrained(x)).float()
-        return features / torch.linalg.vector_norm(features, dim=1, keepdim=True)
+        return self.scratch(*self.pretrained(x)).float()
 
 
 def fuse_for_inference(encoder: LSegImageEncoder) -> FusedImageEncoder:

@@ -1,0 +1,253 @@
+"""A recipe (`lseg_trt.extraction.recipes`) run on the device: every crop of a batch of images (tiles, scales,
+flips) through the network in batches, then stitching, count normalisation, resizes and sums as torch ops.
+
+The projects run the same recipe one crop at a time in a Python loop (lang-seg's `MultiEvalModule`):
+36 network calls of one image each for a 4:3 frame of lang-seg's evaluation. Here the crops of all the
+images given are cut from one padded canvas per scale (padding the scaled image once with normalised
+black equals padding each tile), grouped by shape, and a crop and its mirror image go through the
+network in the same batch. What the loop does after the network is done in the loop's own order (tiles
+row-major, scales in order), so sums round as the original's do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lseg_trt.backends import Runner
+from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.preprocess import network_input
+from lseg_trt.extraction.recipes import Recipe, ScalePlan, plan_scale
+from lseg_trt.models import LOGIT_SCALE
+
+BLACK = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std of a recipe without mean/std: pixels / 255
+
+
+@functools.lru_cache(maxsize=32)
+def constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A small tensor made once per device: a host-to-device copy per image or batch would make the host
+    wait for all the GPU work queued before it (see `preprocess._normalisation`)."""
+    return torch.tensor(values, device=device, dtype=dtype)
+
+
+def up2(x: torch.Tensor) -> torch.Tensor:
+    """lang-seg's `output_conv`: x2 bilinear, align_corners=True."""
+    return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
+
+
+def crop_tensor(tensor: str, out: torch.Tensor) -> torch.Tensor:
+    """What one crop contributes (`recipes.TENSORS`), from the network's output: unit-norm features, or raw
+    head1 for the tensors that need it."""
+    if tensor in ("unit", "raw"):
+        return out
+    if tensor == "unit-up2":
+        return up2(out)
+    if tensor == "vlmaps":  # lang-seg's fp32 logit_scale meets an fp16 tensor: rounded to fp16 first
+        scale = constant((LOGIT_SCALE,), out.device, torch.float16)[0]  # 0-dim, as lang-seg's parameter
+        return up2((scale * out.half()).float())
+    if tensor == "up2-unit":
+        raised = up2(out)
+        return raised / torch.linalg.vector_norm(raised, dim=1, keepdim=True)
+    return up2(out)  # "up2"
+
+
+def cv2_linear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """`cv2.resize(INTER_LINEAR)` of uint8-valued float pixels (B, 3, H, W): half-pixel centres, no
+    antialiasing, rounded half up to integers. OpenCV computes with 11-bit fixed-point weights, so a
+    pixel may differ by one level where the image is not already at `size` (OpenCV is not a dependency)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    resized = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return torch.floor(resized + 0.5).clamp_(0, 255)
+
+
+@dataclass
+class _Scale:
+    """One scale of one image being assembled: the sum of its tiles and their count."""
+
+    plan: ScalePlan
+    canvas: torch.Tensor  # (1, 3, CH, CW) normalised, padded so that every full crop lies inside
+    sums: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+    result: torch.Tensor | None = None  # set when its last tile is in
+
+
+@dataclass
+class _Image:
+    size: tuple[int, int]  # (h, w) after the input resize
+    scales: list[_Scale] = field(default_factory=list)
+    single: torch.Tensor | None = None  # the one-pass result
+
+
+class RecipeRunner:
+    """Features of images by a recipe, batched on the runner's device.
+
+    Args:
+        runner: a backend runner (not necessarily active), switched to raw head1 or unit features as the
+            recipe needs (`set_raw_head1`: raw head1 on torch backends only, others raise a user error here).
+        recipe: a checked recipe.
+        mean, std: the checkpoint's normalisation (used where the recipe normalises).
+        batch_size: network inputs per call (a crop and its flip count two).
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        recipe: Recipe,
+        mean: tuple[float, float, float],
+        std: tuple[float, float, float],
+        *,
+        batch_size: int = 16,
+    ) -> None:
+        if batch_size < 1:
+            raise LsegTrtError(f"batch size {batch_size}: must be at least 1")
+        runner.set_raw_head1(recipe.needs_raw)
+        self.runner, self.recipe, self.batch_size = runner, recipe, batch_size
+        self.mean, self.std = (tuple(mean), tuple(std)) if recipe.mean_std else BLACK
+        self.prepared: set[tuple[int, ...]] = set()
+
+    @property
+    def device(self) -> torch.device:
+        return self.runner.device
+
+    def __call__(self, images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> list[torch.Tensor]:
+        """One (C, H, W) result per uint8 image ((H, W, 3) tensors or arrays, or a (B, H, W, 3) batch), in
+        the recipe's dtype, on the runner's device; the caller may keep them."""
+        if not self.runner.active:
+            self.prepared.clear()  # per-shape set-up (graphs, bindings) goes with the runner's activation
+            self.runner.activate()
+        with torch.inference_mode():
+            states, jobs = [], []
+            for index, image in enumerate(images):
+                state, crops = self._plan(self.prepared_input(torch.as_tensor(image).to(self.device)))
+                states.append(state)
+                jobs += [(index, *crop) for crop in crops]
+            self._run(states, jobs)
+            return [self._finish(state) for state in states]
+
+    def prepared_input(self, image: torch.Tensor) -> torch.Tensor:
+        """(1, 3, h, w) float32: the recipe's input resize and normalisation of a uint8 (H, W, 3) image."""
+        r = self.recipe
+        if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            raise LsegTrtError(f"an image must be uint8 (H, W, 3), not {image.dtype} {tuple(image.shape)}")
+        if r.resize == "network":
+            return network_input(image[None], r.input_size, self.mean, self.std)  # type: ignore[arg-type]
+        x = image.permute(2, 0, 1)[None].float()
+        if r.resize == "cv2":
+            x = cv2_linear(x, r.input_size)  # type: ignore[arg-type]
+        x = x / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
+        if r.mean_std:
+            x = (x - constant(self.mean, x.device).view(1, 3, 1, 1)) / constant(self.std, x.device).view(1, 3, 1, 1)
+        target = r.input_image_size(tuple(x.shape[-2:]))  # type: ignore[arg-type]
+        if r.resize in ("exact", "wider") and target != tuple(x.shape[-2:]):
+            x = F.interpolate(x, target, mode="bilinear", align_corners=True)
+        return x.contiguous()
+
+    def _plan(self, x: torch.Tensor) -> tuple[_Image, list[tuple[int, int, torch.Tensor]]]:
+        """The image's state and its crops as (scale, tile, (1, 3, crop, crop) input)."""
+        size = (x.shape[-2], x.shape[-1])
+        state = _Image(size)
+        if not self.recipe.tiled:
+            self.recipe.output_shape(1, size)  # checks the one-pass size
+            return state, [(0, 0, x)]
+        base, crop, stride = self.recipe.geometry(size)
+        black = constant(tuple(-m / s for m, s in zip(self.mean, self.std, strict=True)), x.device)
+        crops = []
+        for s, scale in enumerate(self.recipe.scales):
+            plan = plan_scale(size, base, crop, stride, scale)
+            if self.recipe.back == "grid" and (not plan.single or crop // 2 < max(size)):
+                raise LsegTrtError(
+                    f"recipe {self.recipe.name}: the feature grid of one {crop}x{crop} crop must hold the "
+                    f"{size[0]}x{size[1]} image (OpenScene: base = crop = 2x the long side)"
+                )
+            height, width = plan.scaled
+            canvas_h = max(t[0] for t in plan.tiles) + crop
+            canvas_w = max(t[2] for t in plan.tiles) + crop
+            canvas = black.view(1, 3, 1, 1).expand(1, 3, canvas_h, canvas_w).clone()
+            canvas[:, :, :height, :width] = F.interpolate(x, (height, width), mode="bilinear", align_corners=True)
+            state.scales.append(_Scale(plan, canvas))
+            for t, (h0, _, w0, _) in enumerate(plan.tiles):
+                crops.append((s, t, canvas[:, :, h0 : h0 + crop, w0 : w0 + crop]))
+        return state, crops
+
+    def _run(self, states: list[_Image], jobs: list[tuple[int, int, int, torch.Tensor]]) -> None:
+        """Every crop through the network, grouped by shape, each batch's results stitched at once."""
+        flips = self.recipe.forwards_per_tile
+        per_call = max(1, self.batch_size // flips)
+        groups: dict[tuple[int, ...], list] = {}
+        for job in jobs:
+            groups.setdefault(tuple(job[3].shape), []).append(job)
+        for group in groups.values():
+            for start in range(0, len(group), per_call):
+                chunk = group[start : start + per_call]
+                x = torch.cat([job[3] for job in chunk])
+                if flips == 2:
+                    x = torch.cat([x, x.flip(3)])
+                out = crop_tensor(self.recipe.tensor, self._forward(x))
+                n = len(chunk)
+                if flips == 2:
+                    out = out[:n] + out[n:].flip(3)
+                    if self.recipe.flip == "mean":
+                        out = out / 2
+                for (index, s, t, _), result in zip(chunk, out, strict=True):
+                    self._add(states[index], s, t, result[None])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The network on a batch; padded to `batch_size` for runners that replay CUDA graphs (one shape)."""
+        n = x.shape[0]
+        if self.runner.spec.cuda_graph and n < self.batch_size:
+            x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
+        shape = tuple(x.shape)
+        if shape not in self.prepared:
+            self.runner.prepare(shape)  # type: ignore[arg-type]
+            self.prepared.add(shape)
+        return self.runner.infer(x)[:n]
+
+    def _add(self, state: _Image, s: int, t: int, result: torch.Tensor) -> None:
+        """Stitch one crop's (1, C, ., .) result into its scale, as lang-seg's loop does."""
+        if not self.recipe.tiled:
+            state.single = result.clone()  # the runner may reuse its output buffer
+            return
+        scale = state.scales[s]
+        plan = scale.plan
+        if self.recipe.back == "grid":  # OpenScene returns the cut grid of its one crop
+            scale.result = result[:, :, : state.size[0], : state.size[1]].clone()
+            return
+        if plan.single:
+            scale.result = self._back(result[:, :, : plan.scaled[0], : plan.scaled[1]], state.size)
+            return
+        h0, h1, w0, w1 = plan.tiles[t]
+        if scale.sums is None:
+            scale.sums = result.new_zeros((1, result.shape[1], *plan.canvas))
+            scale.count = result.new_zeros((1, 1, *plan.canvas))
+        scale.sums[:, :, h0:h1, w0:w1] += result[:, :, : h1 - h0, : w1 - w0]
+        scale.count[:, :, h0:h1, w0:w1] += 1  # type: ignore[index]
+        if t == len(plan.tiles) - 1:
+            averaged = (scale.sums / scale.count)[:, :, : plan.scaled[0], : plan.scaled[1]]
+            scale.result, scale.sums, scale.count = self._back(averaged, state.size), None, None
+
+    def _back(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if self.recipe.back == "scaled":
+            return features.clone()
+        return F.interpolate(features, size, mode="bilinear", align_corners=True)
+
+    def _finish(self, state: _Image) -> torch.Tensor:
+        r = self.recipe
+        if not r.tiled:
+            features = state.single
+        else:
+            features = state.scales[0].result
+            for scale in state.scales[1:]:
+                features = features + scale.result  # type: ignore[operator]
+            if r.average:
+                features = features / (len(r.scales) * r.forwards_per_tile)  # type: ignore[operator]
+        if r.output_size is not None:
+            features = F.interpolate(features, r.output_size, mode="bilinear", align_corners=r.output_align_corners)
+        if r.unit_output:
+            features = F.normalize(features, dim=1)
+        return features[0].to(torch.float16 if r.dtype == "fp16" else torch.float32)  # type: ignore[index]

@@ -1,0 +1,159 @@
+"""The downstream recipes as their projects run them, crop by crop: references written from
+shared/docs/recipes.md, independent of the package's planning and batching code.
+
+Each is the project's loop as the doc describes it (lang-seg's `MultiEvalModule`: resize, pad each tile,
+`module_inference` with the flip, count normalisation, resize back, sum), one crop per network call.
+tests/test_recipes.py checks the batched `RecipeRunner` against them on the CPU; benchmarks/recipes_bench.py
+times them on a GPU as the original loop.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+Net = Callable[[torch.Tensor], torch.Tensor]
+
+
+def to_tensor_normalize(image: torch.Tensor, mean: tuple, std: tuple) -> torch.Tensor:
+    """torchvision ToTensor + Normalize(mean, std) of a uint8 (H, W, 3) image, batched: (1, 3, H, W)."""
+    x = image.permute(2, 0, 1).float().div(255)
+    device = image.device
+    x = (x - torch.tensor(mean, device=device).view(3, 1, 1)) / torch.tensor(std, device=device).view(3, 1, 1)
+    return x[None]
+
+
+def pad_image(img: torch.Tensor, mean: tuple, std: tuple, crop_size: int) -> torch.Tensor:
+    b, c, h, w = img.shape
+    padh = crop_size - h if h < crop_size else 0
+    padw = crop_size - w if w < crop_size else 0
+    pad_values = -np.array(mean) / np.array(std)
+    out = img.new_empty((b, c, h + padh, w + padw))
+    for i in range(c):
+        out[:, i] = F.pad(img[:, i], (0, padw, 0, padh), value=float(pad_values[i]))
+    return out
+
+
+def flip_image(img: torch.Tensor) -> torch.Tensor:
+    return img.index_select(3, torch.arange(img.size(3) - 1, -1, -1, device=img.device))
+
+
+def module_inference(f: Net, image: torch.Tensor, flip: str) -> torch.Tensor:
+    output = f(image)
+    if flip != "none":
+        output = output + flip_image(f(flip_image(image)))
+        if flip == "mean":
+            output = output / 2
+    return output
+
+
+def resize(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(x, (h, w), mode="bilinear", align_corners=True)
+
+
+def multi_eval(
+    image: torch.Tensor, f: Net, mean: tuple, std: tuple, *, base: int, crop: int, scales: list[float], flip: str,
+    back: bool = True, grid: bool = False,
+) -> torch.Tensor:  # fmt: skip
+    """lang-seg's MultiEvalModule.forward (doc section 1), with OpenScene's early return (`grid`) and
+    VLMaps' no-resize-back (`back` False)."""
+    _, _, h, w = image.shape
+    stride = int(crop * 2.0 / 3.0)
+    scores = None
+    for scale in scales:
+        long_size = int(math.ceil(base * scale))
+        if h > w:
+            height = long_size
+            width = short_size = int(1.0 * w * long_size / h + 0.5)
+        else:
+            width = long_size
+            height = short_size = int(1.0 * h * long_size / w + 0.5)
+        cur = resize(image, height, width)
+        if long_size <= crop:
+            outputs = module_inference(f, pad_image(cur, mean, std, crop), flip)
+            if grid:
+                return outputs[:, :, :h, :w]
+            outputs = outputs[:, :, :height, :width]
+        else:
+            pad = pad_image(cur, mean, std, crop) if short_size < crop else cur
+            _, _, ph, pw = pad.shape
+            h_grids = int(math.ceil(1.0 * (ph - crop) / stride)) + 1
+            w_grids = int(math.ceil(1.0 * (pw - crop) / stride)) + 1
+            outputs = count = None
+            for idh in range(h_grids):
+                for idw in range(w_grids):
+                    h0, w0 = idh * stride, idw * stride
+                    h1, w1 = min(h0 + crop, ph), min(w0 + crop, pw)
+                    out = module_inference(f, pad_image(pad[:, :, h0:h1, w0:w1], mean, std, crop), flip)
+                    if outputs is None:
+                        outputs = out.new_zeros((1, out.shape[1], ph, pw))
+                        count = out.new_zeros((1, 1, ph, pw))
+                    outputs[:, :, h0:h1, w0:w1] += out[:, :, : h1 - h0, : w1 - w0]
+                    count[:, :, h0:h1, w0:w1] += 1
+            assert (count == 0).sum() == 0
+            outputs = (outputs / count)[:, :, :height, :width]
+        score = resize(outputs, h, w) if back else outputs
+        scores = score if scores is None else scores + score
+    return scores
+
+
+def unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True)
+
+
+def reference(head1: Net, mean: tuple, std: tuple, name: str, image: torch.Tensor, s: dict) -> torch.Tensor:
+    """The recipe `name` as its project runs it (doc sections 1-5) on a uint8 (H, W, 3) image on the
+    network's device, with the settings `s` (the overridden fields; the row's values otherwise).
+
+    Args:
+        head1: the network, normalised images (1, 3, H, W) -> raw head1 (1, C, H/2, W/2) float32.
+        mean, std: the checkpoint's normalisation.
+    """
+    tiled = {"base": s.get("base_size", 520), "crop": s.get("crop", 480)}
+    with torch.inference_mode():
+        if name == "langseg-eval":
+            scales = s.get("scales", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
+            x = to_tensor_normalize(image, mean, std)
+            out = multi_eval(x, lambda c: resize(unit(head1(c)), c.shape[2], c.shape[3]), mean, std, **tiled,
+                             scales=scales, flip="sum")  # fmt: skip
+            return out[0] / (2 * len(scales))
+        if name == "vlmaps":
+            logit_scale = torch.tensor(1 / 0.07)  # fp32, 0-dim: fp16 arithmetic with an fp16 tensor
+
+            def f(c: torch.Tensor) -> torch.Tensor:
+                return resize((logit_scale * unit(head1(c)).half()).float(), c.shape[2], c.shape[3])
+
+            x = to_tensor_normalize(image, mean, std)
+            return multi_eval(x, f, mean, std, **tiled, scales=[1.0], flip="none", back=False)[0]
+        if name == "openscene":
+            x = to_tensor_normalize(image, mean, std)
+            two_l = 2 * max(image.shape[0], image.shape[1])
+            out = multi_eval(x, lambda c: unit(head1(c)), mean, std, base=two_l, crop=two_l, scales=[1.0],
+                             flip="sum", grid=True)  # fmt: skip
+            return out[0].half()
+        if name in ("lseg-minimal", "conceptfusion"):  # image already 640x480-like: cv2.resize is a no-op
+            x = image.permute(2, 0, 1)[None].float() / 255.0
+            out = head1(x)
+            if name == "lseg-minimal":
+                return F.normalize(out, dim=1)[0]
+            size = s.get("output_size")
+            return (resize(out, *size) if size else out)[0]
+        if name in ("dff", "feature-3dgs"):
+            th, tw = s.get("input_size", (360, 480))
+            x = to_tensor_normalize(image, mean, std)
+            if x.shape[-1] > tw:
+                x = resize(x, th, tw)
+            scales = s.get("scales", [0.75, 1.0, 1.25, 1.75])
+            if name == "dff":
+                out = multi_eval(x, lambda c: unit(resize(head1(c), c.shape[2], c.shape[3])), mean, std, **tiled,
+                                 scales=scales, flip="mean")  # fmt: skip
+                out = F.interpolate(out, (th, tw), mode="bilinear", align_corners=False)
+                return F.normalize(out, dim=1)[0].half()
+            out = multi_eval(x, lambda c: resize(head1(c), c.shape[2], c.shape[3]), mean, std, **tiled,
+                             scales=scales, flip="mean")  # fmt: skip
+            return out[0].half()
+    raise AssertionError(name)
