@@ -71,6 +71,10 @@ stage "extract --engine, the seed's Feature_Extractor job, as a user types it"
 TIMEFORMAT="extract --engine: %R s wall"; time $L extract --engine "$vit16" --images /tmp/trt85/pipe/frames --sizes 480x640 --batch 8 --pool 4 \
   --out /tmp/trt85/extract > "$res/extract-vit-fp16.log" 2>&1; tail -5 "$res/extract-vit-fp16.log"
 
+stage "downstream recipes batched vs their projects' loops (issue 25), torch backends"
+python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
+  2> "$res/recipes.log" | tail -30
+
 stage "fp32 engines, TF32 off and on: RN101-ZS, then ViT-L/16"
 rn32=$(engine rn101_zs --no-fp16); rntf=$(engine rn101_zs --no-fp16 --tf32); echo "$rn32 $rntf"
 bench bench-rn101-b1-fp32 --sizes 480 1024 --engine "$rn32" --engine "$rntf"
