@@ -43,7 +43,6 @@ warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU 
 
 stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export beside it (CPU work)"
 export_onnx vit_l16 > "$res/export-vit.log" 2>&1 &
-vit_export=$!
 export_onnx rn101_zs
 warm rn101_zs --sizes 480 1024 &
 rn16=$(engine rn101_zs); echo "$rn16"; wait
@@ -51,9 +50,25 @@ stage "RN101-ZS: bench and fidelity, fp16 engine beside torch"
 bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
   --backends torch,torch-compile-fp16+graph --engine "$rn16"
 fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
+python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
+extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
+  python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \
+    --batch 8 --frames 512 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-$2" \
+    2> "$res/pipeline-$2.log" | head -12
+  TIMEFORMAT="extract --engine ($2): %R s wall"
+  time $L extract --engine "$1" --images /tmp/trt85/pipe/frames --sizes 480x640 --batch 8 --pool 4 \
+    --out "/tmp/trt85/extract-$2" > "$res/extract-$2.log" 2>&1
+  tail -4 "$res/extract-$2.log"
+}
+extract_end_to_end "$rn16" rn101-fp16
+
+stage "RN101-ZS: fp32 engines, TF32 off and on"
+rn32=$(engine rn101_zs --no-fp16); rntf=$(engine rn101_zs --no-fp16 --tf32); echo "$rn32 $rntf"
+bench bench-rn101-b1-fp32 --sizes 480 1024 --engine "$rn32" --engine "$rntf"
+fidelity fidelity-rn101-fp32 --weights random --variant rn101_zs --engine "$rn32" --engine "$rntf"
 
 stage "ViT-L/16: fp16 engine"
-wait $vit_export; cat "$res/export-vit.log"
+wait; cat "$res/export-vit.log"
 (warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
 vit16=$(engine vit_l16); echo "$vit16"; wait
 stage "ViT-L/16: bench b1 and b8, fidelity, layer profile, extract --engine"
@@ -63,22 +78,13 @@ bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 
   --backends torch,torch-compile-fp16+graph --engine "$vit16"
 fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
 python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
-python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -12
-python3 benchmarks/pipeline_bench.py --device cuda --engine "$vit16" --backend tensorrt+graph --size 480x640 \
-  --batch 8 --frames 512 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-vit-fp16" \
-  2> "$res/pipeline-vit-fp16.log" | head -20
-stage "extract --engine, the seed's Feature_Extractor job, as a user types it"
-TIMEFORMAT="extract --engine: %R s wall"; time $L extract --engine "$vit16" --images /tmp/trt85/pipe/frames --sizes 480x640 --batch 8 --pool 4 \
-  --out /tmp/trt85/extract > "$res/extract-vit-fp16.log" 2>&1; tail -5 "$res/extract-vit-fp16.log"
+extract_end_to_end "$vit16" vit-fp16
 
 stage "downstream recipes batched vs their projects' loops (issue 25), torch backends"
 python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
   2> "$res/recipes.log" | tail -30
 
-stage "fp32 engines, TF32 off and on: RN101-ZS, then ViT-L/16"
-rn32=$(engine rn101_zs --no-fp16); rntf=$(engine rn101_zs --no-fp16 --tf32); echo "$rn32 $rntf"
-bench bench-rn101-b1-fp32 --sizes 480 1024 --engine "$rn32" --engine "$rntf"
-fidelity fidelity-rn101-fp32 --weights random --variant rn101_zs --engine "$rn32" --engine "$rntf"
+stage "ViT-L/16: fp32 engines, TF32 off and on"
 vit32=$(engine vit_l16 --no-fp16); echo "$vit32"
 bench bench-vit-b1-fp32 --sizes 480 480x640 1024 --engine "$vit32"
 fidelity fidelity-vit-fp32 --weights random --variant vit_l16 --engine "$vit32"
