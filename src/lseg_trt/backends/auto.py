@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lseg_trt.artifacts import ModelSource, open_model
+from lseg_trt.backends import backend_for
 from lseg_trt.backends.base import Shape, device_kind
 from lseg_trt.engines import EngineRecord, fidelity_passed
 from lseg_trt.errors import LsegTrtError
@@ -42,9 +43,8 @@ class Choice:
 def choose(source: ModelSource, device: str, shapes: list[Shape], cache_dir: str | Path) -> Choice:
     """The backend `auto` means for `source` on `device` at `shapes` (every input shape the run feeds)."""
     if source.kind != "weights":
-        return Choice(
-            source.backend, source, f"{source.backend}: the backend a {source.kind} file runs with, in its precision"
-        )
+        implied = backend_for(source).name
+        return Choice(implied, source, f"{implied}: the backend a {source.kind} file runs with, in its precision")
     if device_kind(device) == "cuda":
         engine = verified_engine(source, shapes, Path(cache_dir) / "engines")
         if engine is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lseg_trt.cli import Command
 from lseg_trt.cli.args import (
@@ -18,7 +19,9 @@ from lseg_trt.cli.args import (
 
 def _features(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202 - PIL image -> (LSeg, features, size)
     """The one image's features, checked finite: NaN weights must not pass for a segmentation."""
+    from lseg_trt.artifacts import ModelSource
     from lseg_trt.backends import make_runner, parse_backend
+    from lseg_trt.backends.auto import AUTO, choose
     from lseg_trt.errors import LsegTrtError
     from lseg_trt.images import default_size, preprocess
     from lseg_trt.metrics import count_nonfinite
@@ -27,7 +30,13 @@ def _features(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202 - PIL imag
     lseg = lseg_from_args(ns)
     size = parse_size(ns.size) if ns.size else default_size(image)
     x = preprocess(image, size, lseg.mean, lseg.std)
-    with make_runner(parse_backend(ns.backend), lseg, device_from_args(ns), ns.cache) as runner:
+    device = device_from_args(ns)
+    model, backend = ModelSource.from_lseg(lseg), ns.backend
+    if backend == AUTO:
+        choice = choose(model, device, [tuple(x.shape)], ns.cache)
+        model, backend = choice.source, choice.backend
+        print(f"backend: {backend} ({choice.reason})", file=sys.stderr)
+    with make_runner(parse_backend(backend), model, device, ns.cache) as runner:
         features = runner.infer_host(x)
     bad = count_nonfinite(features)
     if bad:
@@ -88,7 +97,11 @@ def run_wordfree(ns: argparse.Namespace) -> int:
 def _demo_args(p: Parser) -> None:
     add_weights_args(p)
     p.add_argument("--image", required=True)
-    p.add_argument("--backend", default="torch", help="runner for the image features [%(default)s]")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="runner for the image features, or auto: the fastest known to pass fidelity here [%(default)s]",
+    )
     p.add_argument("--size", help="network input N or HxW (default: the image's size rounded to 32)")
     add_device_args(p, "ONNX / engine / vocabulary cache folder")
 
