@@ -41,7 +41,18 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def args(tiny_vit_ckpt: Path, images: Path) -> Callable[..., list[str]]:
     def make(out: Path, *extra: str) -> list[str]:
-        common = ["--weights", tiny_vit_ckpt, "--images", images, "--sizes", "64x96", "--batch", "2"]
+        common = [
+            "--weights",
+            tiny_vit_ckpt,
+            "--backend",
+            "torch",
+            "--images",
+            images,
+            "--sizes",
+            "64x96",
+            "--batch",
+            "2",
+        ]
         return ["extract", *common, "--workers", "1", "--shard-size", "2", "--out", out, *extra]
 
     return make
@@ -53,7 +64,8 @@ def plain(tiny_vit_ckpt: Path, images: Path, tmp_path_factory: pytest.TempPathFa
     from lseg_trt.cli import main
 
     out = tmp_path_factory.mktemp("plain")
-    common = ["--weights", tiny_vit_ckpt, "--images", images, "--sizes", "64x96", "--batch", "2", "--workers", "1"]
+    common = ["--weights", tiny_vit_ckpt, "--backend", "torch", "--images", images, "--sizes", "64x96", "--batch", "2"]
+    common += ["--workers", "1"]
     assert main([str(a) for a in ["extract", *common, "--shard-size", "2", "--out", out, "--device", "cpu"]]) == 0
     return out / RUN
 
