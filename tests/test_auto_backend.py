@@ -77,3 +77,24 @@ def test_on_a_gpu_only_a_verified_engine_of_these_weights_replaces_torch_compile
     _verify(fp32[0])
     fp32[0].write_bytes(fp32[0].read_bytes() + b"x")  # not the engine its sidecar or its verdict records
     assert verified_engine(weights, SHAPES, folder) is None
+
+
+def test_extract_without_a_backend_runs_auto_and_says_why(cli, tmp_path: Path) -> None:  # noqa: ANN001
+    import json
+
+    from PIL import Image
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(2):
+        Image.new("RGB", (96, 64), (40 * i, 90, 200)).save(frames / f"{i}.png")
+    result = cli("extract", "--weights", "random", "--variant", "tiny_vit", "--images", frames, "--sizes", "64x96",
+                 "--device", "cpu", "--cache", tmp_path / "cache", "--out", tmp_path / "out")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("backend: onnxruntime (onnxruntime: 1.3-1.9x torch on CPU cores")
+    (settings,) = (tmp_path / "out").glob("*/*/*/*.run/run.json")
+    recorded = json.loads(settings.read_text())
+    assert recorded["backend"] == "onnxruntime" and recorded["backend_reason"].startswith("onnxruntime: 1.3-1.9x")
+    given = cli("extract", "--weights", "random", "--variant", "tiny_vit", "--backend", "torch", "--images", frames,
+                "--sizes", "64x96", "--device", "cpu", "--out", tmp_path / "out2")  # fmt: skip
+    assert given.returncode == 0 and given.stdout.startswith("backend: torch (given)")

@@ -41,7 +41,18 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def args(tiny_vit_ckpt: Path, images: Path) -> Callable[..., list[str]]:
     def make(out: Path, *extra: str) -> list[str]:
-        common = ["--weights", tiny_vit_ckpt, "--images", images, "--sizes", "64x96", "--batch", "2"]
+        common = [
+            "--weights",
+            tiny_vit_ckpt,
+            "--backend",
+            "torch",
+            "--images",
+            images,
+            "--sizes",
+            "64x96",
+            "--batch",
+            "2",
+        ]
         return ["extract", *common, "--workers", "1", "--shard-size", "2", "--out", out, *extra]
 
     return make
@@ -53,7 +64,8 @@ def plain(tiny_vit_ckpt: Path, images: Path, tmp_path_factory: pytest.TempPathFa
     from lseg_trt.cli import main
 
     out = tmp_path_factory.mktemp("plain")
-    common = ["--weights", tiny_vit_ckpt, "--images", images, "--sizes", "64x96", "--batch", "2", "--workers", "1"]
+    common = ["--weights", tiny_vit_ckpt, "--backend", "torch", "--images", images, "--sizes", "64x96", "--batch", "2"]
+    common += ["--workers", "1"]
     assert main([str(a) for a in ["extract", *common, "--shard-size", "2", "--out", out, "--device", "cpu"]]) == 0
     return out / RUN
 
@@ -239,11 +251,13 @@ def test_workers_take_shards_from_a_shared_queue(
     one = tmp_path / "one"
     assert cli(*args(one, "--shard-size", "1", "--device", "cpu")).returncode == 0
     spec = ExtractorSpec(
-        str(tiny_vit_ckpt), size=(64, 96), batch_size=2, workers=1, cpu_threads=torch.get_num_threads()
+        str(tiny_vit_ckpt), backend="torch", size=(64, 96), batch_size=2, workers=1, cpu_threads=torch.get_num_threads()
     )
     items = list_items(images)
     shards = plan_shards(items, 1)
-    with FeatureExtractor.open(weights=spec.weights, size=spec.size, batch_size=2, device="cpu", workers=1) as e:
+    with FeatureExtractor.open(
+        weights=spec.weights, backend="torch", size=spec.size, batch_size=2, device="cpu", workers=1
+    ) as e:
         output = prepare_run(e, items, tmp_path / "queue", RunOptions(shard_size=1))
         summary = run_devices(spec, ["cpu", "cpu"], shards, output)
         taken = sorted(i for written in summary.shards_by_worker.values() for i in written)

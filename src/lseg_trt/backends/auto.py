@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lseg_trt.artifacts import ModelSource, open_model
+from lseg_trt.backends import backend_for
 from lseg_trt.backends.base import Shape, device_kind
 from lseg_trt.engines import EngineRecord, fidelity_passed
 from lseg_trt.errors import LsegTrtError
@@ -39,14 +40,16 @@ class Choice:
     reason: str
 
 
-def choose(source: ModelSource, device: str, shapes: list[Shape], cache_dir: str | Path) -> Choice:
-    """The backend `auto` means for `source` on `device` at `shapes` (every input shape the run feeds)."""
+def choose(
+    source: ModelSource, device: str, shapes: list[Shape], cache_dir: str | Path, torch_only: bool = False
+) -> Choice:
+    """The backend `auto` means for `source` on `device` at `shapes` (every input shape the run feeds);
+    `torch_only` for work only torch runners do (a recipe's raw head1, crops of other shapes)."""
     if source.kind != "weights":
-        return Choice(
-            source.backend, source, f"{source.backend}: the backend a {source.kind} file runs with, in its precision"
-        )
+        implied = backend_for(source).name
+        return Choice(implied, source, f"{implied}: the backend a {source.kind} file runs with, in its precision")
     if device_kind(device) == "cuda":
-        engine = verified_engine(source, shapes, Path(cache_dir) / "engines")
+        engine = None if torch_only else verified_engine(source, shapes, Path(cache_dir) / "engines")
         if engine is not None:
             record = engine.record
             assert record is not None
@@ -62,6 +65,8 @@ def choose(source: ModelSource, device: str, shapes: list[Shape], cache_dir: str
             f"{GPU_TORCH}: the fastest backend that passes fidelity on a GPU without a verified TensorRT engine "
             "(the first run of a shape compiles, tens of seconds; later runs load Inductor's cache)",
         )
+    if torch_only:
+        return Choice("torch", source, "torch: the CPU backend that runs a recipe (raw head1, crops of any shape)")
     if importlib.util.find_spec("onnxruntime") and importlib.util.find_spec("onnx"):
         return Choice(
             "onnxruntime",

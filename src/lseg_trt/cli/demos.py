@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from lseg_trt.cli import Command
 from lseg_trt.cli.args import (
@@ -20,7 +21,8 @@ from lseg_trt.errors import LsegTrtError
 
 def _features(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202 - PIL image -> (LSeg, features, size)
     """The one image's features, checked finite: NaN weights must not pass for a segmentation."""
-    from lseg_trt.backends import make_runner, parse_backend
+    from lseg_trt.artifacts import ModelSource
+    from lseg_trt.backends import make_runner
     from lseg_trt.images import default_size, preprocess
     from lseg_trt.sizes import parse_size
     from lseg_trt.webdemo import checked_features
@@ -28,9 +30,23 @@ def _features(ns: argparse.Namespace, image):  # noqa: ANN001, ANN202 - PIL imag
     lseg = lseg_from_args(ns)
     size = parse_size(ns.size) if ns.size else default_size(image)
     x = preprocess(image, size, lseg.mean, lseg.std)
-    with make_runner(parse_backend(ns.backend), lseg, device_from_args(ns), ns.cache) as runner:
+    spec, model = _backend(ns, ModelSource.from_lseg(lseg), [tuple(x.shape)])
+    with make_runner(spec, model, device_from_args(ns), ns.cache) as runner:
         features = checked_features(runner, x, lseg.source)
     return lseg, features, size
+
+
+def _backend(ns: argparse.Namespace, model, shapes: list):  # noqa: ANN001, ANN202 - (BackendSpec, ModelSource)
+    """`--backend`, with auto resolved for this device and these input shapes; the choice and its reason go to
+    stderr (stdout carries the results)."""
+    from lseg_trt.backends import parse_backend
+    from lseg_trt.backends.auto import AUTO, choose
+
+    if ns.backend != AUTO:
+        return parse_backend(ns.backend), model
+    choice = choose(model, device_from_args(ns), shapes, ns.cache)
+    print(f"backend: {choice.backend} ({choice.reason})", file=sys.stderr)
+    return parse_backend(choice.backend), choice.source
 
 
 def _save(out, image, seg, lseg, title: str, legend: int) -> None:  # noqa: ANN001
@@ -82,6 +98,7 @@ def run_wordfree(ns: argparse.Namespace) -> int:
 
 
 def run_demo(ns: argparse.Namespace) -> int:
+    from lseg_trt.artifacts import ModelSource
     from lseg_trt.backends import make_runner, parse_backend
     from lseg_trt.sizes import parse_size
     from lseg_trt.webdemo import Demo, gradio_module, serve
@@ -89,10 +106,15 @@ def run_demo(ns: argparse.Namespace) -> int:
     host = ns.host.strip()
     if not host:
         raise LsegTrtError("--host is empty; name an address such as 127.0.0.1")
-    spec, size, device = parse_backend(ns.backend), parse_size(ns.size) if ns.size else None, device_from_args(ns)
+    size, device = parse_size(ns.size) if ns.size else None, device_from_args(ns)
+    if ns.backend != "auto":
+        parse_backend(ns.backend)  # a wrong name: say so before loading a network
     gradio_module()  # missing: say so before loading a network
     lseg = lseg_from_args(ns)
-    with make_runner(spec, lseg, device, ns.cache) as runner:
+    # without --size the page picks each photo's size, up to 640 on the longer side (`webdemo`)
+    shapes = [(1, 3, *size)] if size else [(1, 3, 32, 32), (1, 3, 640, 640)]
+    spec, model = _backend(ns, ModelSource.from_lseg(lseg), shapes)
+    with make_runner(spec, model, device, ns.cache) as runner:
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"warning: serving on {host}: anyone who can reach this machine there can use the page")
         serve(Demo(lseg, runner, spec.name, size, ns.cache), host, ns.port)
@@ -101,7 +123,11 @@ def run_demo(ns: argparse.Namespace) -> int:
 
 def _model_args(p: Parser) -> None:
     add_weights_args(p)
-    p.add_argument("--backend", default="torch", help="runner for the image features [%(default)s]")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="runner for the image features, or auto: the fastest known to pass fidelity here [%(default)s]",
+    )
     add_device_args(p, "ONNX / engine / vocabulary cache folder")
 
 

@@ -67,6 +67,7 @@ def run_extract(ns: argparse.Namespace) -> int:
             source, ns.backend, size, batch_size=ns.batch, device=device, cache_dir=ns.cache, workers=ns.workers,
             recipe=recipe,
         )  # fmt: skip
+        print(f"backend: {extractor.runner.name} ({extractor.metadata['backend_reason']})", flush=True)
         with contextlib.nullcontext(extractor) if delegated else extractor:
             if scaled:
                 summary = _scaled_run(ns, extractor, items, out, task, devices)
@@ -142,9 +143,10 @@ def _extract_args(p: Parser) -> None:
     add_weights_args(p, files=True)
     p.add_argument(
         "--backend",
-        default=None,
-        help="runner name; default: torch for weights, onnxruntime for ONNX, tensorrt for engines, in the file's "
-        "precision",
+        default="auto",
+        help="runner name, or auto: for weights the fastest backend known to pass fidelity on this device (a "
+        "verified TensorRT engine, torch-compile-fp16+graph on a GPU; onnxruntime on the CPU), for an ONNX file "
+        "onnxruntime, for an engine tensorrt, in the file's precision [%(default)s]",
     )
     p.add_argument("--images", nargs="+", required=True, help="image files, folders (recursive), globs, list files")
     p.add_argument("--sizes", nargs="+", help="network input N or HxW, one run each [480x640]")

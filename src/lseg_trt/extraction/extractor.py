@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from lseg_trt.backends import Runner, backend_for, make_runner
+from lseg_trt.backends.auto import AUTO, choose
 from lseg_trt.backends.base import default_device, is_oom
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.multicrop import RecipeRunner
@@ -99,7 +100,7 @@ class FeatureExtractor:
         onnx: str | Path | None = None,
         engine: str | Path | None = None,
         variant: str | None = None,
-        backend: str | None = None,
+        backend: str | None = AUTO,
         size: tuple[int, int] = (480, 640),
         batch_size: int = 8,
         device: str | torch.device = "auto",
@@ -130,9 +131,17 @@ class FeatureExtractor:
         workers: int = default_workers(),
         recipe: Recipe | str | None = None,
     ) -> FeatureExtractor:
-        """An extractor for an opened model (`lseg_trt.artifacts.open_model`); `backend` None runs it with the
-        backend its file implies (torch for weights, onnxruntime for ONNX, tensorrt for engines)."""
-        device = default_device() if str(device) == "auto" else device
+        """An extractor for an opened model (`lseg_trt.artifacts.open_model`); `backend` "auto" (or None) runs
+        weights with the fastest backend known to pass fidelity on this device (`lseg_trt.backends.auto`, which
+        may pick a verified engine of them) and a model file with the backend it implies."""
+        device = default_device() if str(device) == "auto" else str(device)
+        if backend in (None, AUTO):
+            recipe_name = getattr(recipe, "name", recipe)
+            shapes = [(batch_size, 3, *size), (1, 3, *size)]
+            choice = choose(source, device, shapes, cache_dir, torch_only=recipe_name not in (None, "default"))
+            source, backend, reason = choice.source, choice.backend, choice.reason
+        else:
+            reason = "given"
         runner = make_runner(backend_for(source, backend), source, device, cache_dir)
         info = source.info
         metadata = {
@@ -140,6 +149,7 @@ class FeatureExtractor:
             "weights": info.weights_name,
             "weights_sha256": info.weights_sha256,
             "model_kind": source.kind,
+            "backend_reason": reason,
         }
         return cls(
             runner, size, info.mean, info.std, batch_size=batch_size, workers=workers, metadata=metadata, recipe=recipe
