@@ -4,12 +4,12 @@
 # beside the torch backends (fp32 eager, the seed's baseline; torch-compile-fp16+graph, our best), in one run on
 # one machine. Stages go in order of value, each writing its results as soon as it ends, so a run cut short by
 # the device time still returns what it finished; collect.sh packs them. Usage (started by start.sh):
-#   bash benchmarks/trt85/run.sh RESULTS_DIR
+#   bash benchmarks/trt85/run.sh RESULTS_DIR [rn101]     (rn101: RN101-ZS's fp16 engine only, for a short lease)
 # The stub cuBLAS/cuDNN libraries of this TensorRT package leave TensorRT its own kernels only: every build
 # passes --tactic-sources none (a TensorRT installed with its libraries needs no such option). The timing cache
 # (one per GPU model) is read from benchmarks/trt85/timing/ when present and written back with the results.
 set -uo pipefail
-res=$1; mkdir -p "$res"
+res=$1; only=${2:-all}; mkdir -p "$res"
 source benchmarks/device_env.sh
 export PYTHONPATH=/tmp/trt85/pkg:$PYTHONPATH TORCHINDUCTOR_CACHE_DIR=/tmp/trt85/inductor
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr -c 'A-Za-z0-9\n' '-' | tr -s '-')
@@ -42,7 +42,7 @@ warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU 
 }
 
 stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export beside it (CPU work)"
-export_onnx vit_l16 > "$res/export-vit.log" 2>&1 &
+[ "$only" = all ] && { export_onnx vit_l16 > "$res/export-vit.log" 2>&1 & }
 export_onnx rn101_zs
 warm rn101_zs --sizes 480 1024 &
 rn16=$(engine rn101_zs); echo "$rn16"; wait
@@ -51,6 +51,7 @@ bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
   --backends torch,torch-compile-fp16+graph --engine "$rn16"
 fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
 python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
+[ "$only" = rn101 ] && { stage "done"; exit 0; }
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
   python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \
     --batch 8 --frames 512 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-$2" \
