@@ -293,11 +293,13 @@ def test_page_segments_like_the_command(server: Server, browser: Any, cli, tmp_p
     rows = _shows(page, {"cup", "table", "saucer", "other"})
     _, shown = _overlay(page, before=first)
     timings = page.locator("#lseg-timings").inner_text()
-    assert "image features (torch, input 384x608)\tcached" in timings and "text tower (4 labels)" in timings
+    # no --backend: auto, onnxruntime on the CPU, for the page as for `segment` below
+    assert "image features (onnxruntime, input 384x608)\tcached" in timings and "text tower (4 labels)" in timings
     page.screenshot(path=tmp_path / "demo.png", full_page=True)
 
     result = cli("segment", "--weights", "random", "--variant", "tiny_vit", "--device", "cpu", "--image", coffee,
-                 "--labels", "cup, table, saucer, other", "--out", tmp_path / "seg.png")  # fmt: skip
+                 "--labels", "cup, table, saucer, other", "--cache", server.cache,
+                 "--out", tmp_path / "seg.png")  # fmt: skip
     assert result.returncode == 0, result.stderr
     seg = Segmentation(np.load(tmp_path / "seg.labels.npy"), (tmp_path / "seg.labels.txt").read_text().splitlines())
     assert rows == [(name, share) for name, _, share in legend_rows(seg)]  # exact shares, in the same order

@@ -224,7 +224,7 @@ def frames(tmp_path: Path) -> Path:
 def test_extract_recipe_runs_store_resume_and_compare(cli, frames: Path, tmp_path: Path) -> None:  # noqa: ANN001
     out = tmp_path / "features"
     common = ["--weights", "random", "--variant", "tiny_vit", "--images", frames, "--out", out, "--format", "npy"]
-    common += ["--device", "cpu", "--batch", "4"]
+    common += ["--device", "cpu", "--batch", "4", "--backend", "torch"]  # one backend folder for compare
     assert cli("extract", *common, "--sizes", "64x96").returncode == 0  # the single pass, for compare
     first = cli("extract", *common, "--recipe", "openscene")
     assert first.returncode == 0, first.stderr
