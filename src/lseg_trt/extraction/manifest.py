@@ -108,7 +108,7 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
         raise LsegTrtError("--resume and --force exclude each other: resume keeps finished work, force redoes it")
     existing = read_settings(layout) if layout.settings_path.exists() else None
     has_results = any(layout.manifest_dir.glob("*.jsonl"))
-    if existing is not None and force:
+    if force:  # also without run.json: redoing needs no knowledge of the old settings
         for folder in (layout.manifest_dir, layout.run_dir / SHARDS_DIR):
             shutil.rmtree(folder, ignore_errors=True)
         layout.pca_path.unlink(missing_ok=True)
@@ -116,6 +116,11 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
         shown = settings_changes(existing, settings, " -> ")
         if shown:
             raise LsegTrtError(f"cannot resume {layout.run_dir}: settings differ ({shown}); use --force to redo it")
+    elif has_results and resume:
+        raise LsegTrtError(
+            f"cannot resume {layout.run_dir}: its {SETTINGS_FILE} is gone, so nothing says which settings made its "
+            "results; use --force to redo it"
+        )
     elif has_results:
         raise LsegTrtError(f"{layout.run_dir} already holds results: pass --resume to continue or --force to redo")
     if (resume or force) and not shared:

@@ -68,7 +68,8 @@ class Task:
 def parse_task(text: str) -> Task:
     """`"K/N"` -> Task(K, N); anything else is a user error."""
     parts = text.strip().split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    # isdigit alone accepts superscripts and other scripts' digits, which int() then refuses
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise LsegTrtError(f"--shard {text!r}: expected K/N with integers, e.g. 0/4")
     return Task(int(parts[0]), int(parts[1]))
 
