@@ -13,7 +13,7 @@ from PIL import Image
 from lseg_trt.backends import parse_backend
 from lseg_trt.backends.torch import TorchRunner
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction import FeatureExtractor, extract, open_features
+from lseg_trt.extraction import FeatureExtractor, open_features
 from lseg_trt.extraction.partition import parse_task
 from lseg_trt.models import LSeg
 

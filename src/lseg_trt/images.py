@@ -35,6 +35,8 @@ downstream Python demos use. The aspect ratio is not kept (as there); pick the s
 
 from __future__ import annotations
 
+import io
+import os
 import struct
 from importlib import resources
 from pathlib import Path
@@ -79,16 +81,36 @@ def load_rgb_array(source: ImageLike) -> np.ndarray:
         return _rgb_from_array(source)
     if isinstance(source, Image.Image):
         return _rgb_from_pil(source)
+    data, _ = read_image_file(source)
+    return rgb_from_bytes(data, Path(source))
+
+
+def read_image_file(source: str | Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of an image file and the `fstat` of the file they were read from (so a digest of these
+    bytes and this stat describe the same file, whatever happens to the path meanwhile)."""
     path = regular_file(source, "image")
     try:
-        with Image.open(path) as image:  # the header only, until `load`
-            pixels = _jpeg_pixels(path) if _plain_jpeg(image) else None
+        with open(path, "rb") as fh:
+            return fh.read(), os.fstat(fh.fileno())
+    except OSError as e:
+        raise LsegTrtError(f"cannot read image {path}: {e.strerror or e}") from None
+
+
+def rgb_from_bytes(data: bytes, path: Path) -> np.ndarray:
+    """`load_rgb_array` of an image file's bytes (`read_image_file`); `path` names it in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header only, until `load`
+            pixels = _jpeg_pixels(data) if _plain_jpeg(image) else None
             if pixels is not None:
                 return pixels
             image.load()
             return _rgb_from_pil(image, f"image {path}")
     except Image.DecompressionBombError as e:
         raise LsegTrtError(f"refusing image {path} (decompression bomb?): {e}") from None
+    except Image.UnidentifiedImageError:  # its own text names the in-memory buffer
+        raise LsegTrtError(
+            f"cannot read image {path} (corrupt, truncated or not an image): no format matches"
+        ) from None
     except _DECODE_ERRORS as e:
         raise LsegTrtError(f"cannot read image {path} (corrupt, truncated or not an image): {e}") from None
 
@@ -99,11 +121,11 @@ def _plain_jpeg(image: Image.Image) -> bool:
     return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_ORIENTATION, 1) == 1
 
 
-def _jpeg_pixels(path: Path) -> np.ndarray | None:
+def _jpeg_pixels(data: bytes) -> np.ndarray | None:
     """The (H, W, 3) pixels, decoded with the GIL released; None where libjpeg-turbo stops at an error or
     at a warning such as a truncated file (`strict`), so PIL decodes it again and raises its own error."""
     try:
-        return simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB", strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except ValueError:
         return None
 

@@ -67,7 +67,7 @@ def run_extract(ns: argparse.Namespace) -> int:
             else:
                 summary = extract(
                     extractor, ns.images, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
-                    shard_size=ns.shard_size, resume=ns.resume, force=ns.force,
+                    shard_size=ns.shard_size, resume=ns.resume, force=ns.force, verify=ns.verify,
                 )  # fmt: skip
         print(summary.describe())
         ok = ok and summary.ok
@@ -93,7 +93,9 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
     options = RunOptions(ns.format, ns.dtype, ns.pool, ns.pca or None, ns.shard_size, ns.resume or joined, ns.force)
     output = prepare_run(extractor, items, out, options, shared=joined)
     shards = plan_task(items, ns.shard_size, task)
-    todo = pending_shards(shards, output) if ns.resume else shards
+    # a joined task, resumed or not, takes its own stale shards out (other tasks' residues are theirs)
+    plan = pending_shards(shards, output, owns=task.owns_index, verify=ns.verify) if ns.resume or joined else None
+    todo = plan.todo if ns.resume and plan is not None else shards
     if devices is None and ns.ray is None:
         summary = run_shards(extractor, todo, output)
     else:
@@ -110,6 +112,7 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
 
             summary = run_ray(spec, todo, output, actors=ns.actors)
     summary.skipped = sum(len(s.items) for s in shards) - sum(len(s.items) for s in todo)
+    summary.removed = plan.removed if plan is not None else []
     return summary
 
 
@@ -154,6 +157,12 @@ def _extract_args(p: Parser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="skip what the manifest says is done")
     again.add_argument("--force", action="store_true", help="redo an existing run folder")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --resume: read every stored feature and check its checksum (by default only files whose "
+        "size, times or inode changed since they were written are read)",
+    )
     p.add_argument("--out", default="outputs/features", help="output root [%(default)s]")
     add_device_args(p)
     scale = p.add_argument_group("scale-out", "the same files as a one-GPU run, written by several processes")

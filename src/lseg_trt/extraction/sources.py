@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from lseg_trt.errors import LsegTrtError, MissingDependencyError
-from lseg_trt.images import IMAGE_SUFFIXES, load_rgb_array
+from lseg_trt.files import Fingerprint, digest, file_digest, fingerprint, source_fingerprint
+from lseg_trt.images import IMAGE_SUFFIXES, read_image_file, rgb_from_bytes
 from lseg_trt.names import component_from_stem, short_digest
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,9 @@ Source = str | Path | Sequence[str | Path]
 
 @dataclass(frozen=True)
 class Item:
-    """One image (or one video frame) to extract, with what resume compares to see it unchanged."""
+    """One image (or one video frame) to extract. `stat` is the listing's `files.fingerprint` of its file;
+    `content` the digest of the bytes its features were computed from, set by `decode` (the manifest
+    records both: a resume trusts an unchanged fingerprint and hashes the file again otherwise)."""
 
     name: str
     path: Path
@@ -40,13 +43,12 @@ class Item:
     mtime_ns: int
     frame: int | None = None  # index in a video file
     error: str | None = None  # why a video could not be listed: this item then fails with it
+    stat: Fingerprint | None = None
+    content: str | None = None
 
     @property
     def component(self) -> str:
         return item_component(self.name)
-
-    def unchanged(self, record: dict) -> bool:
-        return record.get("bytes") == self.bytes and record.get("mtime_ns") == self.mtime_ns
 
 
 def item_component(name: str) -> str:
@@ -227,7 +229,7 @@ def _without_suffix(name: str) -> str:
 def _file_item(name: str, path: Path) -> Item:
     try:
         info = path.stat()
-        return Item(name, path, info.st_size, info.st_mtime_ns)
+        return Item(name, path, info.st_size, info.st_mtime_ns, stat=fingerprint(info))
     except OSError:
         return Item(name, path, -1, -1)  # fails at decode and is recorded as failed
 
@@ -245,7 +247,7 @@ def _frames(item: Item) -> list[Item]:
     except LsegTrtError as e:
         return [replace(item, error=str(e))]
     width = max(6, len(str(count - 1)))
-    return [Item(f"{item.name}/{i:0{width}d}", item.path, item.bytes, item.mtime_ns, i) for i in range(count)]
+    return [replace(item, name=f"{item.name}/{i:0{width}d}", frame=i) for i in range(count)]
 
 
 def _frame_count(path: Path) -> int:
@@ -281,20 +283,31 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
         raise LsegTrtError(f"cannot read video {path}: {e}") from None
 
 
-def decode(item: Item) -> np.ndarray | LsegTrtError:
+def decode(item: Item) -> tuple[Item, np.ndarray | LsegTrtError]:
     """An image item's RGB uint8 array, or the user error that explains why it cannot be read (also the
-    error of a video that could not be listed, which stays one item)."""
+    error of a video that could not be listed, which stays one item). The item comes back with the digest
+    of the bytes decoded and the fingerprint of the file they came from (`files.source_fingerprint`): the
+    decoder reads every byte anyway, and hashing them costs a fraction of decoding them."""
     if item.error is not None:
-        return LsegTrtError(item.error)
+        return item, LsegTrtError(item.error)
     try:
-        return load_rgb_array(item.path)
+        data, info = read_image_file(item.path)
+        return replace(item, content=digest(data), stat=source_fingerprint(info)), rgb_from_bytes(data, item.path)
     except LsegTrtError as e:
-        return e
+        return item, e
 
 
 def decode_video(items: Sequence[Item]) -> Iterator[tuple[Item, np.ndarray | LsegTrtError]]:
-    """Frames of one video in order, decoded once from the start (frames not in `items` are skipped)."""
-    wanted = {item.frame: item for item in items}
+    """Frames of one video in order, decoded once from the start (frames not in `items` are skipped). The
+    frames carry the digest of the whole file, read once before decoding (PyAV reads it itself)."""
+    try:
+        info = os.stat(items[0].path)
+        content = file_digest(items[0].path)
+    except OSError as e:
+        for item in items:
+            yield item, LsegTrtError(f"cannot read video {item.path}: {e.strerror or e}")
+        return
+    wanted = {item.frame: replace(item, content=content, stat=source_fingerprint(info)) for item in items}
     done = decoded = 0
     try:
         for frame in _video_frames(items[0].path):
