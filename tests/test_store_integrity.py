@@ -130,11 +130,11 @@ def _bmp(path: Path, seed: int) -> Path:
 
 @pytest.fixture
 def store(tmp_path: Path, cli: Callable) -> Callable[..., object]:
-    """`R --images I --out O [extra]` over 24 BMPs in `I` (6 shards of 4), and a fresh run of `I` as it is
+    """`R --images I --out O [extra]` over 12 BMPs in `I` (3 shards of 4), and a fresh run of `I` as it is
     now into `F`, for comparing."""
     images = tmp_path / "I"
     images.mkdir()
-    for i in range(24):
+    for i in range(12):
         _bmp(images / f"img{i:03d}.bmp", i)
 
     def run(*extra: str, out: str = "O") -> object:
@@ -156,23 +156,23 @@ def test_resume_after_inputs_were_removed_and_rewritten_serves_the_new_features(
     before = _served(store.out)
     for i in range(4):
         (store.images / f"img{i:03d}.bmp").unlink()
-    _bmp(store.images / "img022.bmp", 1000)  # every shard now holds other items
+    _bmp(store.images / "img010.bmp", 1000)  # every shard now holds other items
     resumed = store("--resume")
     assert "removed 4 items no longer in the input" in resumed.stdout
     served = _served(store.out)
-    assert served == store.fresh() and len(served) == 20
-    assert served["img022"] != before["img022"]
+    assert served == store.fresh() and len(served) == 8
+    assert served["img010"] != before["img010"]
     run = next(store.out.rglob("*.run"))
-    assert len(list((run / "manifest").glob("*.jsonl"))) == 5 and len(list((run / "shards").iterdir())) == 5
+    assert len(list((run / "manifest").glob("*.jsonl"))) == 2 and len(list((run / "shards").iterdir())) == 2
 
 
 def test_resume_after_the_last_inputs_were_deleted_serves_only_the_rest(store) -> None:  # noqa: ANN001
     store()
-    for i in range(20, 24):
+    for i in range(8, 12):
         (store.images / f"img{i:03d}.bmp").unlink()
     resumed = store("--resume")
-    assert "20 already done" in resumed.stdout and "removed 4 items" in resumed.stdout
-    assert sorted(_served(store.out)) == [f"img{i:03d}" for i in range(20)]
+    assert "8 already done" in resumed.stdout and "removed 4 items" in resumed.stdout
+    assert sorted(_served(store.out)) == [f"img{i:03d}" for i in range(8)]
 
 
 def test_a_rewrite_that_keeps_size_and_modification_time_is_found_by_content(store) -> None:  # noqa: ANN001
@@ -183,7 +183,7 @@ def test_a_rewrite_that_keeps_size_and_modification_time_is_found_by_content(sto
     os.utime(target, ns=(old.st_atime_ns, old.st_mtime_ns))  # `cp -p`
     assert target.stat().st_size == old.st_size and target.stat().st_mtime_ns == old.st_mtime_ns
     resumed = store("--resume")
-    assert "4 done, 20 already done" in resumed.stdout
+    assert "4 done, 8 already done" in resumed.stdout
     assert _served(store.out) == store.fresh()
 
 
@@ -191,7 +191,7 @@ def test_an_unchanged_input_is_not_redone_even_when_its_times_moved(store) -> No
     store()
     for path in store.images.iterdir():
         path.touch()  # a copy to another disk, a `touch`: other fingerprints, the same bytes
-    assert "0 done, 24 already done" in store("--resume").stdout
+    assert "0 done, 12 already done" in store("--resume").stdout
     run = next(store.out.rglob("*.run"))
     recorded = [json.loads(line) for p in (run / "manifest").glob("*.jsonl") for line in p.open()]
     assert all(r["stat"] is None or r["stat"][3] == (store.images / Path(r["source"]).name).stat().st_mtime_ns
@@ -213,12 +213,12 @@ def test_flipped_bytes_in_a_shard_are_refused_on_read_and_redone_on_resume(
     shard.write_bytes(bytes(data))
     if restore_times:
         os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
-    assert len(_served(store.out)) == 24  # without verify, a read does not hash
+    assert len(_served(store.out)) == 12  # without verify, a read does not hash
     with pytest.raises(LsegTrtError, match="00002.safetensors.*checksum"):
         _served(store.out, verify=True)
     checked = cli("manifest", "check", run)
     assert checked.returncode == 1 and "00002.safetensors" in checked.stdout, checked.stdout
-    assert "4 done, 20 already done" in store("--resume").stdout
+    assert "4 done, 8 already done" in store("--resume").stdout
     assert _served(store.out, verify=True) == store.fresh()
     assert cli("manifest", "check", run, "--images", store.images).returncode == 0
 
@@ -227,18 +227,18 @@ def test_flipped_bytes_in_a_shard_are_refused_on_read_and_redone_on_resume(
 def test_a_damaged_manifest_line_makes_only_its_shard_pending(store, damage: str) -> None:  # noqa: ANN001
     store()
     run = next(store.out.rglob("*.run"))
-    manifest = run / "manifest" / "00003.jsonl"
+    manifest = run / "manifest" / "00001.jsonl"
     lines = manifest.read_text().splitlines(keepends=True)
     lines[1] = {
         "cut": lines[1][: len(lines[1]) // 2] + "\n",
         "garbage": "\x00\xff{]\n",
-        "wrong shard": lines[1].replace('"shard": 3', '"shard": 4'),
+        "wrong shard": lines[1].replace('"shard": 1', '"shard": 4'),
         "twice": lines[0],
     }[damage]
     manifest.write_text("".join(lines), errors="surrogateescape")
-    assert sorted(_served(store.out)) == sorted(f"img{i:03d}" for i in range(24) if i // 4 != 3)  # not served
+    assert sorted(_served(store.out)) == sorted(f"img{i:03d}" for i in range(12) if i // 4 != 1)  # not served
     resumed = store("--resume")
-    assert "4 done, 20 already done" in resumed.stdout
+    assert "4 done, 8 already done" in resumed.stdout
     assert _served(store.out, verify=True) == store.fresh()
 
 
@@ -250,8 +250,8 @@ def test_an_item_in_two_manifests_is_never_served(store) -> None:  # noqa: ANN00
     features = open_features(store.out)
     with pytest.raises(LsegTrtError, match="img004 is stored twice"):
         features["img004"]
-    assert "0 done, 24 already done" in store("--resume").stdout  # the resume takes the stray one out
-    assert len(_served(store.out)) == 24 and not (run / "manifest" / "00009.jsonl").exists()
+    assert "0 done, 12 already done" in store("--resume").stdout  # the resume takes the stray one out
+    assert len(_served(store.out)) == 12 and not (run / "manifest" / "00009.jsonl").exists()
 
 
 # ---- class 9: bounded open files --------------------------------------------------------------------------
