@@ -372,27 +372,29 @@ def test_listing_names_items_the_same_way_from_every_kind_of_source(
 ) -> None:
     """The names are the unit of resume and of `--shard` (a stable partition), so the listing's rules are
     pinned here: relative to each root without the suffix, suffixes kept on a collision, absolute paths
-    when roots collide, one item per file however often it is named; links to files followed, links to
-    folders not entered, broken links counted as passed over, other suffixes dropped silently."""
+    when roots collide, one item per file however many paths reach it (named by the first: a real folder
+    before a link); links to files followed, links to folders entered once, broken links counted as passed
+    over, other suffixes counted by suffix."""
     data = tmp_path / "data"
     (data / "cam0").mkdir(parents=True)
     (data / "cam1").mkdir()
     for name in ("cam0/000.jpg", "cam0/001.JPG", "cam1/x.tar.jpg", "cam1/notes.txt", "cam1/a.png", "cam1/a.jpg"):
         (data / name).write_bytes(b"pixels")
-    (data / "cam1" / "linked.jpg").symlink_to(data / "cam0" / "000.jpg")
+    (data / "cam1" / "linked.jpg").symlink_to(data / "cam0" / "000.jpg")  # the same file again: once
     (data / "cam1" / "dangling.jpg").symlink_to(tmp_path / "gone.jpg")
     (data / "cam1" / "loop.jpg").symlink_to(data / "cam1" / "loop.jpg")  # its type cannot be read (ELOOP)
-    (data / "cam2").symlink_to(data / "cam0")  # a link to a folder: not entered, not counted
+    (data / "cam2").symlink_to(data / "cam0")  # a link to a folder already walked: not entered again, counted
     listing = scan(data)
     assert [i.name for i in listing.items] == [
-        "cam0/000.jpg", "cam0/001.JPG", "cam1/a.jpg", "cam1/a.png", "cam1/linked.jpg", "cam1/x.tar.jpg",
+        "cam0/000.jpg", "cam0/001.JPG", "cam1/a.jpg", "cam1/a.png", "cam1/x.tar.jpg",
     ]  # fmt: skip
     assert listing.ignored == 2  # the broken link and the loop
+    assert (listing.duplicates, listing.repeated, listing.other) == (1, 1, {".txt": 1})
     (data / "cam1" / "a.png").unlink()
-    assert [i.name for i in list_items(data)] == ["cam0/000", "cam0/001", "cam1/a", "cam1/linked", "cam1/x.tar"]
+    assert [i.name for i in list_items(data)] == ["cam0/000", "cam0/001", "cam1/a", "cam1/x.tar"]
 
     monkeypatch.chdir(data)  # a glob without a fixed part is relative to the working folder, and enters links
-    assert [i.name for i in list_items("cam*/0*.jpg")] == ["cam0/000", "cam2/000"]
+    assert [i.name for i in list_items("cam*/0*.jpg")] == ["cam0/000"]  # cam2/000.jpg is the same file
     assert [i.name for i in list_items(["cam0", "cam0/000.jpg"])] == ["000", "001"]  # one item per file
     lists = tmp_path / "lists"
     lists.mkdir()

@@ -21,6 +21,8 @@ from lseg_trt.backends.torch import TorchRunner
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction import FeatureExtractor, open_features
 from lseg_trt.extraction.partition import parse_task
+from lseg_trt.extraction.sources import list_items, scan
+from lseg_trt.images import image_suffixes
 from lseg_trt.models import LSeg
 
 SIZE = (64, 96)
@@ -280,3 +282,65 @@ def test_a_store_of_many_shards_reads_under_a_low_open_file_limit(tmp_path: Path
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", script, tmp_path / "O"], capture_output=True, text=True, env=env)
     assert done.returncode == 0 and done.stdout.split() == ["1200"], done.stderr
+
+
+# ---- classes 5-7: inputs --------------------------------------------------------------------------------
+
+
+def test_links_to_folders_are_followed_once(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    _images(frames / "seq01", 2)
+    _images(tmp_path / "elsewhere" / "seq02", 3)
+    (frames / "seq02").symlink_to(tmp_path / "elsewhere" / "seq02")
+    (frames / "seq01" / "back").symlink_to(frames)  # a loop
+    (frames / "again").symlink_to(frames / "seq01")  # a second path to a folder already walked
+    listing = scan(frames)
+    assert [i.name for i in listing.items] == [f"seq01/img{i:03d}" for i in range(2)] + [
+        f"seq02/img{i:03d}" for i in range(3)
+    ]
+    assert listing.repeated == 2 and any("folder links not entered" in line for line in listing.notes())
+    # a glob enters the link too, and agrees with the walk
+    assert [i.name for i in list_items(str(frames / "*"))] == [i.name for i in listing.items]
+
+
+def test_inputs_that_contribute_nothing_are_named(tmp_path: Path, cli: Callable) -> None:
+    good = _images(tmp_path / "good", 2)
+    (tmp_path / "empty").mkdir()
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    pixels = np.random.default_rng(3).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(mixed / "anim.gif")
+    (mixed / "phone.heic").write_bytes(b"ftypheic not decodable here")
+    nothing = str(tmp_path / "nomatch" / "*.png")
+    listing = scan([good, nothing, tmp_path / "empty", mixed])
+    assert "anim" in [i.name for i in listing.items]  # GIF: listed in a folder as when named directly
+    notes = "\n".join(listing.notes())
+    assert f"input {nothing} gave nothing: the pattern matches nothing" in notes
+    assert f"input {tmp_path / 'empty'} gave nothing" in notes
+    if ".heic" not in image_suffixes():
+        assert "skipped 1 files that are not images or videos (.heic 1)" in notes
+        with pytest.raises(LsegTrtError, match="not an image or video suffix"):
+            list_items(mixed / "phone.heic")  # the same suffix list as the walk
+    with pytest.raises(LsegTrtError, match=r"no images found: .*matches nothing.*empty.* gave nothing"):
+        list_items([nothing, tmp_path / "empty"])
+    result = cli("extract", *ARGS, "--images", good, nothing, "--out", tmp_path / "O")
+    assert result.returncode == 0 and f"input {nothing} gave nothing" in result.stdout
+
+
+@pytest.mark.skipif(".avif" not in image_suffixes(), reason="this Pillow reads no AVIF")
+def test_avif_files_in_a_folder_are_listed(tmp_path: Path) -> None:
+    pixels = np.random.default_rng(4).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "frame.avif")
+    assert [i.name for i in list_items(tmp_path)] == ["frame"]
+
+
+def test_one_file_reached_by_two_paths_is_extracted_once(tmp_path: Path, cli: Callable) -> None:
+    images = _images(tmp_path / "I", 3)
+    os.link(images / "img000.png", images / "img000z.png")  # a hard link: the same file, a later name
+    twice = [images, images / ".." / "I"]
+    listing = scan(twice)
+    assert [i.name for i in listing.items] == ["img000", "img001", "img002"]  # names stay relative
+    assert any("gave nothing: the folder was already listed" in line for line in listing.notes())
+    result = cli("extract", *ARGS, "--images", *twice, "--out", tmp_path / "O")
+    assert result.returncode == 0 and result.stdout.startswith("3 done"), result.stdout
+    assert sorted(open_features(tmp_path / "O")) == ["img000", "img001", "img002"]

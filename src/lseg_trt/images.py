@@ -35,6 +35,7 @@ downstream Python demos use. The aspect ratio is not kept (as there); pick the s
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
@@ -50,7 +51,8 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.names import regular_file
 from lseg_trt.sizes import SIZE_MULTIPLE, check_size
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # every Pillow >= 10
+_PLUGIN_SUFFIXES = (".avif", ".heic", ".heif", ".jxl")  # read where this Pillow, or a plugin loaded, has a decoder
 _SAMPLES = {"chelsea": "chelsea.png", "astronaut": "astronaut.png", "coffee": "coffee.png"}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _BITS_PER_SAMPLE = 258  # TIFF tag
@@ -59,6 +61,16 @@ _ORIENTATION = 0x0112  # EXIF tag (PIL's getexif also reads an XMP tiff:Orientat
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 ImageLike = str | Path | Image.Image | np.ndarray
+
+
+@functools.cache
+def image_suffixes() -> tuple[str, ...]:
+    """The image suffixes an input listing takes: `IMAGE_SUFFIXES`, and those of `_PLUGIN_SUFFIXES` this
+    install decodes (AVIF is built into Pillow 11.3's wheels; HEIC needs pillow-heif's opener registered
+    before the listing)."""
+    Image.init()
+    registered = Image.registered_extensions()
+    return IMAGE_SUFFIXES + tuple(s for s in _PLUGIN_SUFFIXES if s in registered)
 
 
 def samples() -> dict[str, Path]:

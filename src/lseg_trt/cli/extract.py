@@ -28,8 +28,9 @@ from lseg_trt.cli.args import (
 
 def run_extract(ns: argparse.Namespace) -> int:
     from lseg_trt.errors import LsegTrtError
-    from lseg_trt.extraction import FeatureExtractor, extract, list_items
+    from lseg_trt.extraction import FeatureExtractor, extract
     from lseg_trt.extraction.partition import Task, parse_task
+    from lseg_trt.extraction.sources import scan
 
     if ns.devices is not None and ns.ray is not None:
         raise LsegTrtError("--devices and --ray exclude each other: Ray places its actors itself")
@@ -52,7 +53,7 @@ def run_extract(ns: argparse.Namespace) -> int:
 
         start_worker_server()
     source = source_from_args(ns)
-    items = list_items(ns.images) if scaled else None
+    listing = scan(ns.images) if scaled else None
     ok = True
     # a run handed to worker processes needs no model here (the run folder is opened from the declared
     # feature shape), unless a PCA basis must be fitted first: the workers then start at once
@@ -63,7 +64,7 @@ def run_extract(ns: argparse.Namespace) -> int:
         )
         with contextlib.nullcontext(extractor) if delegated else extractor:
             if scaled:
-                summary = _scaled_run(ns, extractor, items, out, task, devices)
+                summary = _scaled_run(ns, extractor, listing, out, task, devices)
             else:
                 summary = extract(
                     extractor, ns.images, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
@@ -80,7 +81,7 @@ def _devices(text: str) -> list[str]:
     return parse_devices(text)
 
 
-def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devices: list[str] | None):  # noqa: ANN001, ANN202
+def _scaled_run(ns: argparse.Namespace, extractor, listing, out, task, devices: list[str] | None):  # noqa: ANN001, ANN202
     """One size of a `--shard`, `--devices` or `--ray` run: this process opens the run and plans the
     shards; with `--devices` or `--ray` the model is released here before the workers load theirs."""
     import torch
@@ -91,8 +92,8 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
 
     joined = task.count > 1  # tasks of one run share its folder: join it, never wipe it
     options = RunOptions(ns.format, ns.dtype, ns.pool, ns.pca or None, ns.shard_size, ns.resume or joined, ns.force)
-    output = prepare_run(extractor, items, out, options, shared=joined)
-    shards = plan_task(items, ns.shard_size, task)
+    output = prepare_run(extractor, listing.items, out, options, shared=joined)
+    shards = plan_task(listing.items, ns.shard_size, task)
     # a joined task, resumed or not, takes its own stale shards out (other tasks' residues are theirs)
     plan = pending_shards(shards, output, owns=task.owns_index, verify=ns.verify) if ns.resume or joined else None
     todo = plan.todo if ns.resume and plan is not None else shards
@@ -113,6 +114,7 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
             summary = run_ray(spec, todo, output, actors=ns.actors)
     summary.skipped = sum(len(s.items) for s in shards) - sum(len(s.items) for s in todo)
     summary.removed = plan.removed if plan is not None else []
+    summary.notes = listing.notes()
     return summary
 
 

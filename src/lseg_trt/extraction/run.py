@@ -114,7 +114,7 @@ class Summary:
     run_dir: Path
     done: int = 0
     skipped: int = 0  # finished in an earlier run (resume)
-    ignored: int = 0  # hidden or special entries the folder walk passed over (`sources.Listing`)
+    notes: list[str] = field(default_factory=list)  # what the listing passed over (`sources.Listing.notes`)
     removed: list[str] = field(default_factory=list)  # items no longer in the input, taken out of the store
     failed: list[tuple[str, str]] = field(default_factory=list)
     nonfinite: list[str] = field(default_factory=list)
@@ -153,8 +153,7 @@ class Summary:
         if self.removed:
             shown = ", ".join(self.removed[:5]) + (" ..." if len(self.removed) > 5 else "")
             lines.append(f"removed {len(self.removed)} items no longer in the input from the store: {shown}")
-        if self.ignored:
-            lines.append(f"skipped {self.ignored} hidden or special entries of the inputs")
+        lines += self.notes
         lines += [f"failed: {name}: {reason}" for name, reason in self.failed[:20]]
         lines += [f"non-finite features: {name}" for name in self.nonfinite[:20]]
         return "\n".join(lines)
@@ -481,5 +480,5 @@ def extract(
     summary = run_shards(extractor, plan.todo, output, progress=progress)
     summary.skipped = len(items) - sum(len(s.items) for s in plan.todo)
     summary.removed = plan.removed
-    summary.ignored = listing.ignored
+    summary.notes = listing.notes()
     return summary
