@@ -129,7 +129,7 @@ def run_manifest(ns: argparse.Namespace) -> int:
             raise LsegTrtError("manifest merge needs --out ROOT (the merged run folder goes under it)")
         check = merge_runs(runs, out_dir_from(ns.out))
     else:
-        check = check_runs(runs, list_items(ns.images) if ns.images else None)
+        check = check_runs(runs, list_items(ns.images) if ns.images else None, verify=not ns.quick)
     print(check.describe())
     return 0 if check.ok else 1
 
@@ -183,6 +183,12 @@ def _manifest_args(p: Parser) -> None:
     p.add_argument("runs", nargs="+", help="run folders (<HxW>-<format>.run) of the tasks of one run")
     p.add_argument("--images", nargs="+", help="the run's input, to find missing items (check)")
     p.add_argument("--out", help="output root of the merged run (merge)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check: read the checksums only of files whose size, times or inode changed since they were written "
+        "(default: read every stored feature)",
+    )
 
 
 COMMANDS = {

@@ -121,7 +121,8 @@ class FeatureSet(Mapping[str, np.ndarray]):
                     why = _shard_whole(path, [r.get("key") for r in members])
                     if why is not None:
                         return why
-                if verify or any(r.get("stored") != fingerprint(os.stat(path)) for r in members):
+                now = fingerprint(os.stat(path))
+                if verify or any(r.get("stored") != now for r in members):
                     why = self._checksums(path, members)
                     if why is not None:
                         return why

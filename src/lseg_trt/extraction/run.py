@@ -374,7 +374,8 @@ def _finished(
     if damage is not None:
         log.warning("shard %d is extracted again: %s", shard.index, damage)
         return None
-    return [{**r, "stored": now} if (now := stored.fingerprint_of(r["file"])) != r.get("stored") else r for r in fresh]
+    now = {file: stored.fingerprint_of(file) for file in {r["file"] for r in fresh}}  # one stat a file
+    return [{**r, "stored": now[r["file"]]} if now[r["file"]] != r.get("stored") else r for r in fresh]
 
 
 def _same_source(item: Item, record: dict, sources: dict) -> bool | list | None:

@@ -120,14 +120,11 @@ def scan(source: Source) -> Listing:
     sources = [source] if isinstance(source, str | Path) else list(source)
     seen: set = set()
     expanded = [_expand(str(s), seen) for s in sources]
-    items, duplicates, contributed = _named_items(
-        [(f, root, k) for k, x in enumerate(expanded) for f, root in x.entries]
-    )
-    unused = [
-        f"{x.text} gave nothing: {x.empty if not x.entries else 'every file in it was already listed by another input'}"
-        for k, x in enumerate(expanded)
-        if k not in contributed
-    ]
+    found = [(f, root, k) for k, x in enumerate(expanded) for f, root in x.entries]
+    items, duplicates, contributed = _named_items(found)
+    again = "every file in it was already listed by another input"
+    unused = [f"{x.text} gave nothing: {x.empty if x.entries == [] else again}" for x in expanded]
+    unused = [why for k, why in enumerate(unused) if k not in contributed]
     if not items:
         raise LsegTrtError(f"no images found: {'; '.join(unused)}")
     other: Counter = sum((x.other for x in expanded), Counter())
