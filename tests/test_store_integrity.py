@@ -168,13 +168,16 @@ def test_resume_after_inputs_were_removed_and_rewritten_serves_the_new_features(
     assert len(list((run / "manifest").glob("*.jsonl"))) == 2 and len(list((run / "shards").iterdir())) == 2
 
 
-def test_resume_after_the_last_inputs_were_deleted_serves_only_the_rest(store) -> None:  # noqa: ANN001
-    store()
+@pytest.mark.parametrize("fmt", ["shards", "npy"])
+def test_resume_after_the_last_inputs_were_deleted_serves_only_the_rest(store, fmt: str) -> None:  # noqa: ANN001
+    store("--format", fmt)
     for i in range(8, 12):
         (store.images / f"img{i:03d}.bmp").unlink()
-    resumed = store("--resume")
+    resumed = store("--format", fmt, "--resume")
     assert "8 already done" in resumed.stdout and "removed 4 items" in resumed.stdout
     assert sorted(_served(store.out)) == [f"img{i:03d}" for i in range(8)]
+    stored = sorted(p.parent.name for p in store.out.rglob("*.npy"))  # `compare` reads these by path
+    assert stored == ([f"img{i:03d}" for i in range(8)] if fmt == "npy" else [])
 
 
 def test_a_rewrite_that_keeps_size_and_modification_time_is_found_by_content(store) -> None:  # noqa: ANN001

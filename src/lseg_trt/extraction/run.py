@@ -350,9 +350,16 @@ def pending_shards(
         remove_shard(layout, index)
         if layout.format == "npy":  # per-item files, which `compare` finds by path: none may outlive its record
             for file in {r["file"] for r in old if "file" in r} - kept_files:
-                with contextlib.suppress(LsegTrtError, OSError):
-                    stored.path_of(file).unlink(missing_ok=True)
+                if _npy_of_this_run(file, layout):  # a manifest is untrusted: it may name another run's file
+                    with contextlib.suppress(LsegTrtError, OSError):
+                        stored.path_of(file).unlink(missing_ok=True)
     return Resume(todo, sorted(removed))
+
+
+def _npy_of_this_run(file: str, layout: RunLayout) -> bool:
+    """Whether a record's file has the shape of this run's npy files, `<image>/<HxW>.npy`."""
+    parts = Path(file).parts
+    return len(parts) == 2 and parts[1] == layout.npy_file("x").name
 
 
 def _finished(
