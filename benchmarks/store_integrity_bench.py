@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import xxhash
+from listing_bench import distinct_frames
 from PIL import Image
 
 HASHES: dict[str, Callable[[bytes | memoryview], object]] = {
@@ -97,10 +98,7 @@ def finished_run(root: Path, count: int, shard_size: int):  # noqa: ANN201 - (im
     from lseg_trt.files import file_digest, source_fingerprint
 
     images = root / "frames"
-    for i in range(count):
-        path = images / f"{i // 4096:03d}" / f"{i:07d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(i.to_bytes(8, "little") * 32)
+    distinct_frames(images, count)
     time.sleep(2.1)  # older than `files.RACY_NS`: their fingerprints are trusted, as a dataset's are
     layout = RunLayout(root / "out", "torch", "vit_l16", "random", (480, 640), "shards")
     start_run(layout, {"format": "shards"}, resume=False, force=False)

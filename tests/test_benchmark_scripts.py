@@ -118,3 +118,10 @@ def test_listing_bench_lists_every_frame(tmp_path: Path) -> None:
     run_script("listing_bench.py", str(tmp_path), "--frames", "1500", "--repeats", "1")
     record = json.loads((tmp_path / "listing.json").read_text())
     assert record["frames"] == 1500 and len(record["seconds"]) == 1 and record["seconds"][0] > 0
+
+
+def test_store_integrity_bench_resumes_an_unchanged_run(tmp_path: Path) -> None:
+    run_script("store_integrity_bench.py", str(tmp_path), "--frames", "300", "--shard-size", "16", "--repeats", "1")
+    record = json.loads((tmp_path / "store_integrity.json").read_text())
+    assert record["resume"]["shards"] == 19 and record["resume"]["check_s"][0] > 0
+    assert {r["format"] for r in record["per_frame"]} == {"JPEG", "PNG"} and record["per_tensor"]["xxh3-128_ms"] > 0

@@ -9,7 +9,9 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +21,7 @@ import lseg_trt
 from lseg_trt.backends import parse_backend
 from lseg_trt.backends.torch import TorchRunner
 from lseg_trt.errors import LsegTrtError
-from lseg_trt.extraction import FeatureExtractor, open_features
+from lseg_trt.extraction import FeatureExtractor, extract, open_features
 from lseg_trt.extraction.partition import parse_task
 from lseg_trt.extraction.sources import list_items, scan
 from lseg_trt.images import image_suffixes
@@ -130,30 +132,42 @@ def _bmp(path: Path, seed: int) -> Path:
     return path
 
 
+@dataclass
+class Store:
+    """`R --images I --out O` over 12 BMPs in `I` (3 shards of 4), run in this process (`extract`, what the
+    command calls) with the module's extractor: `run("--resume")` gives the summary the command prints."""
+
+    fx: FeatureExtractor
+    images: Path
+    out: Path
+
+    def __call__(self, *flags: str, out: Path | None = None) -> SimpleNamespace:
+        fmt = flags[flags.index("--format") + 1] if "--format" in flags else "shards"
+        summary = extract(
+            self.fx, self.images, out or self.out, format=fmt, shard_size=4, resume="--resume" in flags, progress=False
+        )
+        return SimpleNamespace(stdout=summary.describe())
+
+    def fresh(self) -> dict[str, bytes]:
+        """The features of a one-pass run of the input as it is now."""
+        self(out=self.out.with_name("F"))
+        return _served(self.out.with_name("F"))
+
+
 @pytest.fixture
-def store(tmp_path: Path, cli: Callable) -> Callable[..., object]:
-    """`R --images I --out O [extra]` over 12 BMPs in `I` (3 shards of 4), and a fresh run of `I` as it is
-    now into `F`, for comparing."""
+def store(tmp_path: Path, fx: FeatureExtractor) -> Store:
     images = tmp_path / "I"
     images.mkdir()
     for i in range(12):
         _bmp(images / f"img{i:03d}.bmp", i)
-
-    def run(*extra: str, out: str = "O") -> object:
-        result = cli("extract", *ARGS, "--images", images, "--out", tmp_path / out, *extra)
-        assert result.returncode in (0, 1), result.stderr
-        return result
-
-    run.images, run.out = images, tmp_path / "O"  # type: ignore[attr-defined]
-    run.fresh = lambda: (run(out="F"), {k: v.tobytes() for k, v in open_features(tmp_path / "F").items()})[1]  # type: ignore[attr-defined]
-    return run
+    return Store(fx, images, tmp_path / "O")
 
 
 def _served(out: Path, verify: bool = False) -> dict[str, bytes]:
     return {name: array.tobytes() for name, array in open_features(out, verify=verify).items()}
 
 
-def test_resume_after_inputs_were_removed_and_rewritten_serves_the_new_features(store) -> None:  # noqa: ANN001
+def test_resume_after_inputs_were_removed_and_rewritten_serves_the_new_features(store: Store) -> None:
     store()
     before = _served(store.out)
     for i in range(4):
@@ -169,7 +183,7 @@ def test_resume_after_inputs_were_removed_and_rewritten_serves_the_new_features(
 
 
 @pytest.mark.parametrize("fmt", ["shards", "npy"])
-def test_resume_after_the_last_inputs_were_deleted_serves_only_the_rest(store, fmt: str) -> None:  # noqa: ANN001
+def test_resume_after_the_last_inputs_were_deleted_serves_only_the_rest(store: Store, fmt: str) -> None:
     store("--format", fmt)
     for i in range(8, 12):
         (store.images / f"img{i:03d}.bmp").unlink()
@@ -180,7 +194,7 @@ def test_resume_after_the_last_inputs_were_deleted_serves_only_the_rest(store, f
     assert stored == ([f"img{i:03d}" for i in range(8)] if fmt == "npy" else [])
 
 
-def test_a_rewrite_that_keeps_size_and_modification_time_is_found_by_content(store) -> None:  # noqa: ANN001
+def test_a_rewrite_that_keeps_size_and_modification_time_is_found_by_content(store: Store) -> None:
     store()
     target = store.images / "img005.bmp"
     old = target.stat()
@@ -192,7 +206,7 @@ def test_a_rewrite_that_keeps_size_and_modification_time_is_found_by_content(sto
     assert _served(store.out) == store.fresh()
 
 
-def test_an_unchanged_input_is_not_redone_even_when_its_times_moved(store) -> None:  # noqa: ANN001
+def test_an_unchanged_input_is_not_redone_even_when_its_times_moved(store: Store) -> None:
     store()
     for path in store.images.iterdir():
         path.touch()  # a copy to another disk, a `touch`: other fingerprints, the same bytes
@@ -205,9 +219,7 @@ def test_an_unchanged_input_is_not_redone_even_when_its_times_moved(store) -> No
 
 @pytest.mark.parametrize("restore_times", [False, True])
 def test_flipped_bytes_in_a_shard_are_refused_on_read_and_redone_on_resume(
-    store,
-    cli: Callable,
-    restore_times: bool,  # noqa: ANN001
+    store: Store, cli: Callable, restore_times: bool
 ) -> None:
     store()
     run = next(store.out.rglob("*.run"))
@@ -230,7 +242,7 @@ def test_flipped_bytes_in_a_shard_are_refused_on_read_and_redone_on_resume(
 
 
 @pytest.mark.parametrize("damage", ["cut", "garbage", "wrong shard", "twice"])
-def test_a_damaged_manifest_line_makes_only_its_shard_pending(store, damage: str) -> None:  # noqa: ANN001
+def test_a_damaged_manifest_line_makes_only_its_shard_pending(store: Store, damage: str) -> None:
     store()
     run = next(store.out.rglob("*.run"))
     manifest = run / "manifest" / "00001.jsonl"
@@ -248,7 +260,7 @@ def test_a_damaged_manifest_line_makes_only_its_shard_pending(store, damage: str
     assert _served(store.out, verify=True) == store.fresh()
 
 
-def test_an_item_in_two_manifests_is_never_served(store) -> None:  # noqa: ANN001
+def test_an_item_in_two_manifests_is_never_served(store: Store) -> None:
     store()
     run = next(store.out.rglob("*.run"))
     stale = (run / "manifest" / "00001.jsonl").read_text().replace('"shard": 1', '"shard": 9')
