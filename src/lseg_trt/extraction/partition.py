@@ -5,7 +5,8 @@ else is added to the input. Each task plans its own items (sorted by name, cut i
 and numbers its j-th shard `j * N + K`: indices of different tasks never collide, no task needs to
 know what the others hold, and with N = 1 the plan is exactly a plain run's (shard j is index j).
 All tasks write into one run folder (shared storage) or into their own `--out`; `check_runs` then
-verifies that every item is there exactly once, and `merge_runs` copies several run folders into one.
+verifies that every item is there exactly once and every stored feature matches its checksum, and
+`merge_runs` copies several run folders into one.
 A task joins the run folder (its settings must match) instead of refusing existing results; `--force`
 is refused with N > 1, as it would delete the other tasks' work, and so is `--pca` (each task would fit
 its own basis). Changing N between attempts leaves the old tasks' shards in place: `check` reports
