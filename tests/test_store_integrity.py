@@ -119,6 +119,9 @@ def test_a_run_without_its_settings_file(tmp_path: Path, cli: Callable) -> None:
     forced = cli("extract", *ARGS, "--images", images, "--out", out, "--force")
     assert forced.returncode == 0, forced.stderr
     assert (run / "run.json").is_file() and len(open_features(run)) == 5
+    (run / "run.json").write_text("{not json")  # damaged rather than gone: the same answers
+    _one_line(cli("extract", *ARGS, "--images", images, "--out", out, "--resume"), "--force")
+    assert cli("extract", *ARGS, "--images", images, "--out", out, "--force").returncode == 0
 
 
 # ---- classes 1-4 and 10: resume follows the input as it is now; corrupt bytes are never served ----------

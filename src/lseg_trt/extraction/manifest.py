@@ -107,9 +107,14 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
     """
     if resume and force:
         raise LsegTrtError("--resume and --force exclude each other: resume keeps finished work, force redoes it")
-    existing = read_settings(layout) if layout.settings_path.exists() else None
+    existing = None
+    if layout.settings_path.exists() and not force:  # redoing needs no knowledge of the old settings
+        try:
+            existing = read_settings(layout)
+        except LsegTrtError as e:
+            raise LsegTrtError(f"{e}; use --force to redo {layout.run_dir}") from None
     has_results = any(layout.manifest_dir.glob("*.jsonl"))
-    if force:  # also without run.json: redoing needs no knowledge of the old settings
+    if force:  # also without a readable run.json
         for folder in (layout.manifest_dir, layout.run_dir / SHARDS_DIR):
             shutil.rmtree(folder, ignore_errors=True)
         layout.pca_path.unlink(missing_ok=True)
