@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,6 +86,10 @@ def test_one_ndarray_frame_is_one_image_and_views_work(fx: FeatureExtractor) -> 
     padded[:, ::-1][:, 20:][:, ::-1] = rgb  # a non-contiguous crop
     np.testing.assert_array_equal(fx.frame(padded[:, :80]), one)
     np.testing.assert_allclose(fx(np.stack([rgb, rgb]))[1:], one, atol=1e-5)  # a 4-d array is a batch
+    read_only = np.frombuffer(rgb.tobytes(), np.uint8).reshape(rgb.shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when it is handed memory it may not write
+        np.testing.assert_array_equal(fx.frame(read_only), one)
 
 
 @pytest.mark.parametrize(

@@ -253,11 +253,11 @@ def _images_of(batch: BatchLike) -> Sequence[str | Path | np.ndarray | Image.Ima
 
 
 def _host_pixels(image: str | Path | np.ndarray | Image.Image) -> torch.Tensor:
-    """(H, W, 3) uint8 pixels on the host: a uint8 C-contiguous RGB array without a copy, anything else
+    """(H, W, 3) uint8 pixels on the host: a writable uint8 C-contiguous RGB array without a copy, anything else
     through `load_rgb_array` (which refuses empty arrays and copies strided views into a new one)."""
     if (
         isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
-        and image.size and image.flags.c_contiguous
+        and image.size and image.flags.c_contiguous and image.flags.writeable  # torch warns on read-only memory
     ):  # fmt: skip
         return torch.from_numpy(image)
     return torch.from_numpy(load_rgb_array(image))
