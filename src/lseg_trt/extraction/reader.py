@@ -3,8 +3,9 @@
 Each item is read on access into an array of its own, through a file opened and closed for that read: no
 file stays open, so a store of any number of shards reads under any `ulimit -n` (a mapping per shard kept
 one descriptor each, and a 40k-shard store ran out). Safetensors headers are parsed here (no extra
-package) and the last `HEADERS` of them kept. With `verify`, every item read is checked against the
-checksum its manifest records, and a mismatch is an error naming the file.
+package) and the last `HEADERS` of them kept. An item is checked against the checksum its manifest
+records when its file's stat fingerprint moved since it was written (bytes changed in place, a file
+replaced or copied), and with `verify` always; a mismatch is an error naming the file.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from functools import cached_property
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -72,15 +74,19 @@ class FeatureSet(Mapping[str, np.ndarray]):
             )
         try:
             path = self.path_of(record["file"])
-            array, data = self._read(path, record)
+            array, data, read_from = self._read(path, record)
         except _READ_ERRORS as e:
             raise LsegTrtError(f"cannot read the features of {name} in {self.run_dir}: {e!r}") from None
-        if self.verify and digest(data) != record.get("checksum"):
+        # without `verify`, the bytes are hashed only where the file is not the one written (its stat
+        # fingerprint moved: changed in place, replaced, or copied); a store without checksums is read as is
+        moved = record.get("checksum") is not None and fingerprint(read_from) != record.get("stored")
+        if (self.verify or moved) and digest(data) != record.get("checksum"):
             raise LsegTrtError(f"{path}: the stored features of {name} do not match their checksum (corrupt file)")
         return array
 
-    def _read(self, path: Path, record: dict) -> tuple[np.ndarray, memoryview]:
-        """The item's array and its raw bytes (what the checksum covers), read through one short-lived file."""
+    def _read(self, path: Path, record: dict) -> tuple[np.ndarray, memoryview, os.stat_result]:
+        """The item's array, its raw bytes (what the checksum covers) and the stat of the file they were read
+        from, read through one short-lived file."""
         if self.settings["format"] == "npy":
             with path.open("rb") as fh:
                 shape, dtype = _npy_header(fh)
@@ -134,7 +140,7 @@ class FeatureSet(Mapping[str, np.ndarray]):
         for record in records:
             if record.get("checksum") is None:
                 return f"{path}: no checksum recorded for {record['name']} (written before stores had them)"
-            _, data = self._read(path, record)
+            _, data, _ = self._read(path, record)
             if digest(data) != record["checksum"]:
                 return f"{path}: the stored features of {record['name']} do not match their checksum"
         return None
@@ -158,17 +164,20 @@ class FeatureSet(Mapping[str, np.ndarray]):
         return len(self.done)
 
 
-def _read_array(fh, offset: int, shape: tuple[int, ...], dtype: np.dtype, path: Path) -> tuple[np.ndarray, memoryview]:  # noqa: ANN001
-    """`shape` x `dtype` read at `offset`: the size is checked against the file before anything is
-    allocated (a header is untrusted and may promise terabytes)."""
-    if offset + int(np.prod(shape)) * dtype.itemsize > os.fstat(fh.fileno()).st_size:
+def _read_array(
+    fh: BinaryIO, offset: int, shape: tuple[int, ...], dtype: np.dtype, path: Path
+) -> tuple[np.ndarray, memoryview, os.stat_result]:
+    """`shape` x `dtype` read at `offset`, its bytes, and the file's stat: the size is checked against the
+    file before anything is allocated (a header is untrusted and may promise terabytes)."""
+    st = os.fstat(fh.fileno())
+    if offset + int(np.prod(shape)) * dtype.itemsize > st.st_size:
         raise EOFError(f"{path} ends inside the features it should hold")
     array = np.empty(shape, dtype)
     data = memoryview(array.reshape(-1).view(np.uint8))
     fh.seek(offset)
     if fh.readinto(data) != len(data):
         raise EOFError(f"{path} ends inside the features it should hold")
-    return array, data
+    return array, data, st
 
 
 def _shard_header(path: Path) -> tuple[dict, int, int]:
@@ -197,7 +206,7 @@ def _shard_whole(path: Path, keys: list) -> str | None:
     return None
 
 
-def _npy_header(fh) -> tuple[tuple[int, ...], np.dtype]:  # noqa: ANN001
+def _npy_header(fh: BinaryIO) -> tuple[tuple[int, ...], np.dtype]:
     version = np.lib.format.read_magic(fh)
     read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
     if version not in read_header:
