@@ -1,8 +1,9 @@
 """Extraction to disk on 1 and on N devices of one host, same data, and the scaling efficiency (issue 12).
 
-Synthesises U distinct 1280x720 JPEG frames (the generator of pipeline_bench.py, in parallel) and links
+Synthesises U distinct 1280x720 JPEG frames (the generator of pipeline_bench.py, in parallel) and copies
 them under M names (frame i is distinct frame i mod U: decoding costs the same, and the synthesis, about
-0.1 s a frame, would otherwise cost more device time than the runs), then for the first device alone and
+0.1 s a frame, would otherwise cost more device time than the runs; copies, not hard links, since a file
+reached by several paths is one item of a listing), then for the first device alone and
 for all of --devices runs the same extraction (safetensors shards, fp16, pooled)
 through `run_devices`: one worker process per device, as `lseg-trt extract --devices` does. Reports
 images/s end to end (from opening the run, the weights read, to the last worker's exit: process start
@@ -48,9 +49,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from pipeline_bench import make_frames  # noqa: E402
 
 
-def linked_frames(folder: Path, count: int, unique: int, parts: int) -> None:
-    """`count` frame names in `folder`, hard links to `unique` synthesised frames (made beside it); a
-    folder left by an earlier call is kept only if it was made for the same two numbers."""
+def copied_frames(folder: Path, count: int, unique: int, parts: int) -> None:
+    """`count` frame files in `folder`, copies of `unique` synthesised frames (made beside it); a folder
+    left by an earlier call is kept only if it was made for the same two numbers."""
     made = folder / "made.json"
     if made.is_file() and json.loads(made.read_text()) == [count, unique]:
         return
@@ -61,7 +62,7 @@ def linked_frames(folder: Path, count: int, unique: int, parts: int) -> None:
     for i in range(count):
         target = folder / f"{i // 4096:03d}" / f"{i:07d}.jpg"
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(distinct[i % len(distinct)], target)
+        shutil.copyfile(distinct[i % len(distinct)], target)
     made.write_text(json.dumps([count, unique]))
 
 
@@ -154,7 +155,7 @@ def main() -> None:
     size = parse_size(ns.size)
     work = Path(ns.work or tempfile.mkdtemp(prefix="lseg-multi-gpu-"))
     unique = max(1, min(ns.unique_frames, ns.frames))
-    linked_frames(work / "frames", ns.frames, unique, max(1, min(16, cores, unique)))
+    copied_frames(work / "frames", ns.frames, unique, max(1, min(16, cores, unique)))
     if ns.weights is None:
         from lseg_trt.models import load_lseg
         from lseg_trt.models.synthetic import save_lightning_checkpoint

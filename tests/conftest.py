@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import zlib
 from collections.abc import Callable
@@ -76,3 +77,21 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
         return CliResult(code, out, err)
 
     return run
+
+
+# fingerprints of files (device, inode, times): two runs that write the same bytes still differ in these
+_FINGERPRINTS = ("stat", "stored")
+
+
+def run_files(run_dir: Path) -> dict[str, bytes]:
+    """Every file of a run folder by relative path, its manifests without the stat fingerprints."""
+    files = {}
+    for path in sorted(p for p in run_dir.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if path.suffix == ".jsonl":
+            records = [
+                {k: v for k, v in json.loads(line).items() if k not in _FINGERPRINTS} for line in data.splitlines()
+            ]
+            data = json.dumps(records, sort_keys=True).encode()
+        files[path.relative_to(run_dir).as_posix()] = data
+    return files

@@ -145,3 +145,10 @@ def test_demo_screenshot_on_the_tiny_network(tmp_path: Path) -> None:
         pytest.skip("no Chromium on PATH (Debian: apt-get install chromium)")
     run_script("demo_screenshot.py", "--variant", "tiny_vit", "--out", str(tmp_path / "demo.png"))
     assert Image.open(tmp_path / "demo.png").size[0] == 1280
+
+
+def test_store_integrity_bench_resumes_an_unchanged_run(tmp_path: Path) -> None:
+    run_script("store_integrity_bench.py", str(tmp_path), "--frames", "300", "--shard-size", "16", "--repeats", "1")
+    record = json.loads((tmp_path / "store_integrity.json").read_text())
+    assert record["resume"]["shards"] == 19 and record["resume"]["check_s"][0] > 0
+    assert {r["format"] for r in record["per_frame"]} == {"JPEG", "PNG"} and record["per_tensor"]["xxh3-128_ms"] > 0

@@ -179,3 +179,23 @@ def test_cache_redoes_an_export_of_the_original_graph(tiny_rn: LSeg, tmp_path: P
     onnx.save(model, str(path))
     assert "graph" not in inspect_onnx(path).metadata
     assert inspect_onnx(onnx_for(tiny_rn, "fp32", tmp_path)).metadata["graph"] == GRAPH
+
+
+def test_an_export_killed_while_it_verifies_leaves_nothing_at_the_final_name(tmp_path: Path) -> None:
+    """SIGKILL skips every `finally`: whatever the export wrote before its check passed must not carry the
+    name of a verified model anywhere (a glob for `*.onnx`, or the name itself, must not find it)."""
+    script = (
+        "import os, signal, sys\n"
+        "from lseg_trt import export\n"
+        "from lseg_trt.models import random_lseg\n"
+        "export.verify_onnx = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)  # killed as the check starts\n"
+        "export.onnx_from_lseg(random_lseg('tiny_rn'), sys.argv[1])\n"
+    )
+    src = str(Path(sys.modules["lseg_trt"].__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-c", script, tmp_path], env=env, capture_output=True, text=True)
+    assert done.returncode == -9, done.stderr
+    left = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert left and not [p for p in left if p.suffix == ".onnx"], left  # the temporary is there, not as a model
+    remove_stale_temps(tmp_path)
+    assert not list(tmp_path.iterdir())

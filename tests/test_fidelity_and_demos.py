@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -193,3 +194,20 @@ def test_strict_fp32_works_after_the_new_tf32_api_and_restores_it() -> None:
         assert (matmul.fp32_precision, conv.fp32_precision) == ("tf32", "tf32")
     finally:
         matmul.fp32_precision, conv.fp32_precision = saved
+
+
+@pytest.mark.parametrize("taken", ["seg.labels.npy", "seg.labels.txt"])
+def test_segment_whose_label_files_would_land_on_a_folder(cli, tmp_path: Path, taken: str) -> None:
+    (tmp_path / taken).mkdir()
+    result = cli("segment", "--weights", "random", "--variant", "tiny_vit", "--image", str(samples()["coffee"]),
+                 "--labels", "cup, other", "--size", "64", "--out", str(tmp_path / "seg.png"))  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "is a folder" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [taken]  # nothing written
+
+
+def test_compare_sizes_passes_over_files_not_named_by_a_size(tree: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "tree"
+    shutil.copytree(tree, copy)
+    for stem in ("final", "²x³", "64"):
+        shutil.copy(copy / "torch/tiny_rn/random/chelsea/64x96.npy", copy / f"torch/tiny_rn/random/chelsea/{stem}.npy")
+    assert len(compare_tree(copy, "sizes")) == len(compare_tree(tree, "sizes"))

@@ -237,7 +237,7 @@ def test_plain_jpegs_take_libjpeg_turbo_and_match_pil(mode: str, options: dict, 
         assert images._plain_jpeg(image)
         image.load()
         expected = np.asarray(image.convert("RGB"))
-    assert images._jpeg_pixels(path) is not None
+    assert images._jpeg_pixels(path.read_bytes()) is not None
     decoded = load_rgb_array(path)
     assert decoded.flags.c_contiguous and decoded.flags.writeable and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, expected)

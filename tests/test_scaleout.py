@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 from safetensors.numpy import load_file
 
+from conftest import run_files
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction import FeatureExtractor, list_items, multi_gpu, plan_shards
 from lseg_trt.extraction.multi_gpu import FAIL_ONCE_ENV, ExtractorSpec, parse_devices, run_devices, worker_context
@@ -68,10 +69,6 @@ def plain(tiny_vit_ckpt: Path, images: Path, tmp_path_factory: pytest.TempPathFa
     common += ["--workers", "1"]
     assert main([str(a) for a in ["extract", *common, "--shard-size", "2", "--out", out, "--device", "cpu"]]) == 0
     return out / RUN
-
-
-def _files(run_dir: Path) -> dict[str, bytes]:
-    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
 
 
 def _features(run_dir: Path) -> dict[str, bytes]:
@@ -128,7 +125,7 @@ def test_shard_tasks_check_and_merge(
     assert cli("manifest", "check", merged / RUN, "--images", images).returncode == 0
 
     # refused, nothing touched: the same task twice, a different size, a bad --shard
-    before = _files(merged / RUN)
+    before = run_files(merged / RUN)
     twice = cli("manifest", "merge", parts[0] / RUN, parts[0] / RUN, "--out", tmp_path / "m2")
     assert twice.returncode == 2 and "twice" in twice.stderr and not (tmp_path / "m2" / "torch").exists()
     other = tmp_path / "other"
@@ -136,7 +133,7 @@ def test_shard_tasks_check_and_merge(
     other_run = other / "torch/tiny_vit/tiny_vit/32x64-shards.run"
     mixed = cli("manifest", "merge", parts[0] / RUN, other_run, "--out", merged)
     assert mixed.returncode == 2 and "different runs" in mixed.stderr and "size" in mixed.stderr
-    assert _files(merged / RUN) == before
+    assert run_files(merged / RUN) == before
     for bad in ("2/2", "1of2"):
         result = cli(*args(tmp_path / "bad", "--shard", bad, "--device", "cpu"))
         assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
@@ -236,7 +233,7 @@ def test_worker_processes_match_one_process_and_resume_after_a_death(
     assert 0 < len(list((dying / RUN / "manifest").glob("*.jsonl"))) < 5
     resumed = cli(*args(dying, "--devices", "cpu,cpu", "--resume"))
     assert resumed.returncode == 0, resumed.stderr
-    assert _files(dying / RUN) == _files(plain)
+    assert run_files(dying / RUN) == run_files(plain)
 
     missing = cli(*args(tmp_path / "x", "--devices", "cuda:3"))
     assert missing.returncode == 2 and "cuda:3" in missing.stderr and not (tmp_path / "x" / "torch").exists()
@@ -273,16 +270,16 @@ def test_workers_take_shards_from_a_shared_queue(
             assert set(STAGES) <= set(stages), stages
             if summary.shards_by_worker[name]:  # it computed and made durable (fsync'ed) at least one shard
                 assert min(stages["compute"], stages["commit"]) > 0, stages
-        assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
+        assert run_files(tmp_path / "queue" / RUN) == run_files(one / RUN)
 
         for index in (3, 7):
             output.layout.shard_manifest(index).unlink()
         resumed = prepare_run(e, items, tmp_path / "queue", RunOptions(shard_size=1, resume=True))
-        todo = pending_shards(shards, resumed)
+        todo = pending_shards(shards, resumed).todo
         assert [s.index for s in todo] == [3, 7]
         summary = run_devices(spec, ["cpu", "cpu", "cpu"], todo, resumed)
     assert len(summary.shards_by_worker) == 2 and summary.done == 2
-    assert _files(tmp_path / "queue" / RUN) == _files(one / RUN)
+    assert run_files(tmp_path / "queue" / RUN) == run_files(one / RUN)
 
 
 # ---- Ray ---------------------------------------------------------------------------------------------
@@ -315,14 +312,14 @@ def test_ray_actors_match_one_process_and_survive_a_dead_actor(
     out = tmp_path / "ray"
     result = cli(*args(out, "--ray", "--actors", "2"))
     assert result.returncode == 0, result.stderr
-    assert _files(out / RUN) == _files(plain)
+    assert run_files(out / RUN) == run_files(plain)
 
     ray_cluster.unlink()  # arm: one actor exits after writing its first shard, before returning its records
     killed = tmp_path / "killed"
     result = cli(*args(killed, "--ray", "--actors", "2"))
     assert result.returncode == 0, result.stderr
     assert ray_cluster.exists()  # the fault did happen
-    assert _files(killed / RUN) == _files(plain)
+    assert run_files(killed / RUN) == run_files(plain)
     records = [json.loads(line) for p in sorted((killed / RUN / "manifest").glob("*.jsonl")) for line in p.open()]
     assert sorted(r["name"] for r in records) == sorted(json.loads(r)["name"] for r in _records(plain))
 

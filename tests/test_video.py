@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import run_files
 from lseg_trt.backends import parse_backend
 from lseg_trt.backends.torch import TorchRunner
 from lseg_trt.extraction import FeatureExtractor, open_features
@@ -80,10 +81,6 @@ def args(tiny_vit_ckpt: Path) -> Callable[..., list[str]]:
     return make
 
 
-def _files(run_dir: Path) -> dict[str, bytes]:
-    return {p.relative_to(run_dir).as_posix(): p.read_bytes() for p in sorted(run_dir.rglob("*")) if p.is_file()}
-
-
 def test_a_video_lists_one_item_per_frame_beside_images(media: Path) -> None:
     items = list_items(media)
     clip = [f"clip/{i:06d}" for i in range(FRAMES)]
@@ -131,10 +128,10 @@ def test_extract_cli_writes_every_frame_and_resumes(
     streamed = dict(extractor.stream(media / "clip2.mkv"))  # other batches than the run's shards of 5: fp32 tolerance
     for name, expected in streamed.items():
         np.testing.assert_allclose(features[name][0], expected.numpy(), atol=1e-5, rtol=0)
-    before = _files(tmp_path / RUN)
+    before = run_files(tmp_path / RUN)
     again = cli(*args(media, tmp_path, "--device", "cpu", "--dtype", "fp32", "--resume"))
     assert again.returncode == 0 and f"0 done, {len(names)} already done" in again.stdout
-    assert _files(tmp_path / RUN) == before
+    assert run_files(tmp_path / RUN) == before
 
 
 def test_a_corrupt_video_fails_alone(
@@ -169,4 +166,4 @@ def test_worker_processes_split_a_video_and_write_the_same_bytes(
     two = cli(*args(media, tmp_path / "two", "--devices", "cpu,cpu"))
     assert one.returncode == two.returncode == 0, two.stderr
     assert "worker0 cpu 3" in two.stdout and "worker1 cpu 2" in two.stdout  # shard j on worker j % 2
-    assert _files(tmp_path / "two" / RUN) == _files(tmp_path / "one" / RUN)
+    assert run_files(tmp_path / "two" / RUN) == run_files(tmp_path / "one" / RUN)

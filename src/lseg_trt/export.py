@@ -256,7 +256,9 @@ def onnx_from_lseg(
     started = time.perf_counter()
     log.info("exporting %s (opset %d) ...", name, opset)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=export_dir_prefix()) as tmp:
-        tmp_path = Path(tmp) / name
+        # not `name`, nor `.onnx`, until verified: a kill skips the clean-up, and a search for models (a
+        # glob for `*.onnx`, the name itself) must not find what was never checked
+        tmp_path = Path(tmp) / f"{name}.unverified"
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape arithmetic are expected
             torch.onnx.export(

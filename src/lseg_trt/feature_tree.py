@@ -8,6 +8,8 @@ component is a safe single path component (`lseg_trt.names`), so no key can poin
 
 from __future__ import annotations
 
+import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +18,11 @@ import numpy as np
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.names import regular_file
 
+log = logging.getLogger(__name__)
+
 FLOAT_KINDS = "f"  # numpy dtype kinds a feature file may hold
 DEFAULT_RECIPE = "default"  # the single pass, whose files carry no recipe name
+SIZE_STEM = re.compile(r"[0-9]+x[0-9]+")  # a feature file's name: its network size (ASCII digits only)
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,9 @@ def scan(root: Path) -> dict[FeatureKey, Path]:
         raise LsegTrtError(f"feature tree not found: {root}")
     found = {}
     for path in sorted(root.glob("*/*/*/*/*.npy")):
+        if not SIZE_STEM.fullmatch(path.stem):  # `final.npy`, `2x.npy`: not a feature map of the layout
+            log.warning("skipped %s: not named <H>x<W>.npy", path)
+            continue
         backend, variant, weights, image = path.relative_to(root).parts[:4]
         size, _, recipe = path.stem.partition("-")
         found[FeatureKey(backend, variant, weights, image, size, recipe or DEFAULT_RECIPE)] = path

@@ -35,6 +35,9 @@ downstream Python demos use. The aspect ratio is not kept (as there); pick the s
 
 from __future__ import annotations
 
+import functools
+import io
+import os
 import struct
 from importlib import resources
 from pathlib import Path
@@ -48,7 +51,8 @@ from lseg_trt.errors import LsegTrtError
 from lseg_trt.names import regular_file
 from lseg_trt.sizes import SIZE_MULTIPLE, check_size
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")  # every Pillow >= 10
+_PLUGIN_SUFFIXES = (".avif", ".heic", ".heif", ".jxl")  # read where this Pillow, or a plugin loaded, has a decoder
 _SAMPLES = {"chelsea": "chelsea.png", "astronaut": "astronaut.png", "coffee": "coffee.png"}
 _SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
 _BITS_PER_SAMPLE = 258  # TIFF tag
@@ -57,6 +61,16 @@ _ORIENTATION = 0x0112  # EXIF tag (PIL's getexif also reads an XMP tiff:Orientat
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error)
 
 ImageLike = str | Path | Image.Image | np.ndarray
+
+
+@functools.cache
+def image_suffixes() -> tuple[str, ...]:
+    """The image suffixes an input listing takes: `IMAGE_SUFFIXES`, and those of `_PLUGIN_SUFFIXES` this
+    install decodes (AVIF is built into Pillow 11.3's wheels; HEIC needs pillow-heif's opener registered
+    before the listing)."""
+    Image.init()
+    registered = Image.registered_extensions()
+    return IMAGE_SUFFIXES + tuple(s for s in _PLUGIN_SUFFIXES if s in registered)
 
 
 def samples() -> dict[str, Path]:
@@ -81,21 +95,41 @@ def load_rgb_array(source: ImageLike, max_pixels: int | None = None) -> np.ndarr
         return _rgb_from_array(source)
     if isinstance(source, Image.Image):
         return _rgb_from_pil(source)
+    data, _ = read_image_file(source)
+    return rgb_from_bytes(data, Path(source), max_pixels)
+
+
+def read_image_file(source: str | Path) -> tuple[bytes, os.stat_result]:
+    """The bytes of an image file and the `fstat` of the file they were read from (so a digest of these
+    bytes and this stat describe the same file, whatever happens to the path meanwhile)."""
     path = regular_file(source, "image")
     try:
-        with Image.open(path) as image:  # the header only, until `load`
+        with open(path, "rb") as fh:
+            return fh.read(), os.fstat(fh.fileno())
+    except OSError as e:
+        raise LsegTrtError(f"cannot read image {path}: {e.strerror or e}") from None
+
+
+def rgb_from_bytes(data: bytes, path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """`load_rgb_array` of an image file's bytes (`read_image_file`); `path` names it in errors."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:  # the header only, until `load`
             if max_pixels is not None and image.width * image.height > max_pixels:
                 raise LsegTrtError(
                     f"image {path.name} is {image.width}x{image.height} pixels, more than the "
                     f"{max_pixels / 1e6:g} megapixels allowed here"
                 )
-            pixels = _jpeg_pixels(path) if _plain_jpeg(image) else None
+            pixels = _jpeg_pixels(data) if _plain_jpeg(image) else None
             if pixels is not None:
                 return pixels
             image.load()
             return _rgb_from_pil(image, f"image {path}")
     except Image.DecompressionBombError as e:
         raise LsegTrtError(f"refusing image {path} (decompression bomb?): {e}") from None
+    except Image.UnidentifiedImageError:  # its own text names the in-memory buffer
+        raise LsegTrtError(
+            f"cannot read image {path} (corrupt, truncated or not an image): no format matches"
+        ) from None
     except _DECODE_ERRORS as e:
         raise LsegTrtError(f"cannot read image {path} (corrupt, truncated or not an image): {e}") from None
 
@@ -106,11 +140,11 @@ def _plain_jpeg(image: Image.Image) -> bool:
     return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_ORIENTATION, 1) == 1
 
 
-def _jpeg_pixels(path: Path) -> np.ndarray | None:
+def _jpeg_pixels(data: bytes) -> np.ndarray | None:
     """The (H, W, 3) pixels, decoded with the GIL released; None where libjpeg-turbo stops at an error or
     at a warning such as a truncated file (`strict`), so PIL decodes it again and raises its own error."""
     try:
-        return simplejpeg.decode_jpeg(path.read_bytes(), colorspace="RGB", strict=True)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
     except ValueError:
         return None
 

@@ -49,6 +49,18 @@ def _backend(ns: argparse.Namespace, model, shapes: list):  # noqa: ANN001, ANN2
     return parse_backend(choice.backend), choice.source
 
 
+def _segmentation_out(text: str):  # noqa: ANN202 - Path
+    """The picture's path, checked with the label files written beside it before any work: an existing
+    folder at any of the three names is a user error, not a failed rename after the network has run."""
+    from lseg_trt.errors import LsegTrtError
+
+    out = out_file_from(text)
+    for path in (out.with_suffix(".labels.npy"), out.with_suffix(".labels.txt")):
+        if path.is_dir():
+            raise LsegTrtError(f"--out {out} would write its labels to {path}, which is a folder; choose another name")
+    return out
+
+
 def _save(out, image, seg, lseg, title: str, legend: int) -> None:  # noqa: ANN001
     """Picture, label map and names, then the pixel shares."""
     from lseg_trt.figures import save_segmentation
@@ -67,7 +79,7 @@ def run_segment(ns: argparse.Namespace) -> int:
     from lseg_trt.segment import parse_labels, segment_labels
 
     labels = parse_labels(ns.labels)
-    out = out_file_from(ns.out)
+    out = _segmentation_out(ns.out)
     image = load_image(ns.image)
     lseg, features, size = _features(ns, image)
     seg = segment_labels(features, lseg, labels, (image.height, image.width))
@@ -84,7 +96,7 @@ def run_wordfree(ns: argparse.Namespace) -> int:
     from lseg_trt.images import load_image
     from lseg_trt.segment import segment_wordfree, vocabulary, vocabulary_embeddings
 
-    out = out_file_from(ns.out)
+    out = _segmentation_out(ns.out)
     image = load_image(ns.image)
     lseg, features, size = _features(ns, image)
     words = vocabulary(lseg)

@@ -31,8 +31,9 @@ from lseg_trt.cli.args import (
 
 def run_extract(ns: argparse.Namespace) -> int:
     from lseg_trt.errors import LsegTrtError
-    from lseg_trt.extraction import FeatureExtractor, extract, list_items
+    from lseg_trt.extraction import FeatureExtractor, extract
     from lseg_trt.extraction.partition import Task, parse_task
+    from lseg_trt.extraction.sources import scan
 
     if ns.devices is not None and ns.ray is not None:
         raise LsegTrtError("--devices and --ray exclude each other: Ray places its actors itself")
@@ -57,7 +58,7 @@ def run_extract(ns: argparse.Namespace) -> int:
 
         start_worker_server()
     source = source_from_args(ns)
-    items = list_items(ns.images) if scaled else None
+    listing = scan(ns.images) if scaled else None
     ok = True
     # a run handed to worker processes needs no model here (the run folder is opened from the declared
     # feature shape), unless a PCA basis must be fitted first: the workers then start at once
@@ -70,11 +71,11 @@ def run_extract(ns: argparse.Namespace) -> int:
         print(f"backend: {extractor.runner.name} ({extractor.metadata['backend_reason']})", flush=True)
         with contextlib.nullcontext(extractor) if delegated else extractor:
             if scaled:
-                summary = _scaled_run(ns, extractor, items, out, task, devices)
+                summary = _scaled_run(ns, extractor, listing, out, task, devices)
             else:
                 summary = extract(
                     extractor, ns.images, out, format=ns.format, dtype=ns.dtype, pool=ns.pool, pca=ns.pca or None,
-                    shard_size=ns.shard_size, resume=ns.resume, force=ns.force,
+                    shard_size=ns.shard_size, resume=ns.resume, force=ns.force, verify=ns.verify,
                 )  # fmt: skip
         print(summary.describe())
         ok = ok and summary.ok
@@ -87,7 +88,7 @@ def _devices(text: str) -> list[str]:
     return parse_devices(text)
 
 
-def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devices: list[str] | None):  # noqa: ANN001, ANN202
+def _scaled_run(ns: argparse.Namespace, extractor, listing, out, task, devices: list[str] | None):  # noqa: ANN001, ANN202
     """One size of a `--shard`, `--devices` or `--ray` run: this process opens the run and plans the
     shards; with `--devices` or `--ray` the model is released here before the workers load theirs."""
     import torch
@@ -98,9 +99,11 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
 
     joined = task.count > 1  # tasks of one run share its folder: join it, never wipe it
     options = RunOptions(ns.format, ns.dtype, ns.pool, ns.pca or None, ns.shard_size, ns.resume or joined, ns.force)
-    output = prepare_run(extractor, items, out, options, shared=joined)
-    shards = plan_task(items, ns.shard_size, task)
-    todo = pending_shards(shards, output) if ns.resume else shards
+    output = prepare_run(extractor, listing.items, out, options, shared=joined)
+    shards = plan_task(listing.items, ns.shard_size, task)
+    # a joined task, resumed or not, takes its own stale shards out (other tasks' residues are theirs)
+    plan = pending_shards(shards, output, owns=task.owns_index, verify=ns.verify) if ns.resume or joined else None
+    todo = plan.todo if ns.resume and plan is not None else shards
     if devices is None and ns.ray is None:
         summary = run_shards(extractor, todo, output)
     else:
@@ -117,6 +120,8 @@ def _scaled_run(ns: argparse.Namespace, extractor, items: list, out, task, devic
 
             summary = run_ray(spec, todo, output, actors=ns.actors)
     summary.skipped = sum(len(s.items) for s in shards) - sum(len(s.items) for s in todo)
+    summary.removed = plan.removed if plan is not None else []
+    summary.notes = listing.notes()
     return summary
 
 
@@ -131,7 +136,7 @@ def run_manifest(ns: argparse.Namespace) -> int:
             raise LsegTrtError("manifest merge needs --out ROOT (the merged run folder goes under it)")
         check = merge_runs(runs, out_dir_from(ns.out))
     else:
-        check = check_runs(runs, list_items(ns.images) if ns.images else None)
+        check = check_runs(runs, list_items(ns.images) if ns.images else None, verify=not ns.quick)
     print(check.describe())
     return 0 if check.ok else 1
 
@@ -162,6 +167,12 @@ def _extract_args(p: Parser) -> None:
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true", help="skip what the manifest says is done")
     again.add_argument("--force", action="store_true", help="redo an existing run folder")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="with --resume: read every stored feature and check its checksum (by default only files whose "
+        "size, times or inode changed since they were written are read)",
+    )
     p.add_argument("--out", default="outputs/features", help="output root [%(default)s]")
     add_device_args(p)
     add_recipe_args(p)
@@ -181,6 +192,12 @@ def _manifest_args(p: Parser) -> None:
     p.add_argument("runs", nargs="+", help="run folders (<HxW>-<format>.run) of the tasks of one run")
     p.add_argument("--images", nargs="+", help="the run's input, to find missing items (check)")
     p.add_argument("--out", help="output root of the merged run (merge)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check: read the checksums only of files whose size, times or inode changed since they were written "
+        "(default: read every stored feature)",
+    )
 
 
 COMMANDS = {

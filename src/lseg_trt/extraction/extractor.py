@@ -244,9 +244,11 @@ class FeatureExtractor:
         caller's to keep."""
         self.activate()
         if isinstance(batch, torch.Tensor):
+            if batch.numel() == 0:
+                raise LsegTrtError(f"empty image batch (shape {tuple(batch.shape)})")
             pixels: torch.Tensor | list[torch.Tensor] = batch.to(self.device)
         else:
-            pixels = [torch.from_numpy(load_rgb_array(image)).to(self.device) for image in batch]
+            pixels = [_host_pixels(image).to(self.device) for image in _images_of(batch)]
             if not pixels:
                 raise LsegTrtError("empty batch")
             if len({p.shape for p in pixels}) == 1:
@@ -254,8 +256,12 @@ class FeatureExtractor:
         return self.forward(pixels).clone()
 
     def frame(self, image: np.ndarray) -> torch.Tensor:
-        """(1, C, H/2, W/2) features of one uint8 HxWx3 camera frame: the low-latency path."""
-        return self(torch.from_numpy(image)[None])
+        """(1, C, H/2, W/2) features of one HxWx3 camera frame: the low-latency path. A uint8 C-contiguous
+        frame goes to the device as it is; any other (a BGR->RGB `[..., ::-1]` view, a crop, uint16) is
+        converted as `load_rgb_array` converts, since torch cannot hold negative strides."""
+        if not isinstance(image, np.ndarray):
+            raise LsegTrtError(f"frame() takes one HxWx3 numpy array, not {type(image).__name__}")
+        return self(torch.stack([_host_pixels(image)]))
 
     def stream(self, source: Source, timings: Timings | None = None) -> Iterator[tuple[str, torch.Tensor]]:
         """(name, (C, H/2, W/2) features on the device) for every readable image of `source` (a folder, a
@@ -295,3 +301,27 @@ def _recipe_runner(
         if recipe == DEFAULT.with_overrides(input_size=size):
             return None
     return RecipeRunner(runner, recipe, mean, std, batch_size=batch_size)
+
+
+def _images_of(batch: BatchLike) -> Sequence[str | Path | np.ndarray | Image.Image]:
+    """The images of a non-tensor batch: one path, PIL image or HxW(xC) array is one image (iterating it
+    would give characters or pixel rows), a (B, H, W, C) array is B images."""
+    if isinstance(batch, str | Path | Image.Image):
+        return [batch]
+    if isinstance(batch, np.ndarray):
+        if batch.ndim in (2, 3):
+            return [batch]
+        if batch.ndim != 4:
+            raise LsegTrtError(f"an image array is HxW, HxWxC or a batch BxHxWxC, not shape {batch.shape}")
+    return batch
+
+
+def _host_pixels(image: str | Path | np.ndarray | Image.Image) -> torch.Tensor:
+    """(H, W, 3) uint8 pixels on the host: a writable uint8 C-contiguous RGB array without a copy, anything else
+    through `load_rgb_array` (which refuses empty arrays and copies strided views into a new one)."""
+    if (
+        isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3
+        and image.size and image.flags.c_contiguous and image.flags.writeable  # torch warns on read-only memory
+    ):  # fmt: skip
+        return torch.from_numpy(image)
+    return torch.from_numpy(load_rgb_array(image))

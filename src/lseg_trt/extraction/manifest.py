@@ -2,8 +2,9 @@
 
 A run folder `<out>/<backend>/<variant>/<weights>/<HxW>-<format>.run/` holds `run.json` (the settings:
 network size, backend, weights sha256, reductions, format, ...) and `manifest/<shard>.jsonl`, one line
-per item of that shard (source path, bytes, mtime, status, where its features are). A shard's manifest
-is written, fsync'ed and renamed into place only after every file of the shard is, so a kill, Ctrl-C
+per item of that shard: its source (path, the digest of the bytes decoded and the file's stat fingerprint),
+its status, where its features are, their checksum, and the stat fingerprint of the file holding them. A
+shard's manifest is written, fsync'ed and renamed into place only after every file of the shard is, so a kill, Ctrl-C
 or a full disk leaves complete shards with manifests and nothing else that a resume would trust: a
 shard without a manifest is simply done again, and gives the same bytes. Per-shard manifests also let
 workers of a multi-GPU or multi-node run write side by side without a lock.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.feature_tree import DEFAULT_RECIPE, FeatureKey
-from lseg_trt.files import durable_write, remove_stale_temps
+from lseg_trt.files import durable_write, remove_stale_temps, sync_folder
 from lseg_trt.names import inside, safe_component
 from lseg_trt.sizes import format_size
 
@@ -111,9 +112,14 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
     """
     if resume and force:
         raise LsegTrtError("--resume and --force exclude each other: resume keeps finished work, force redoes it")
-    existing = read_settings(layout) if layout.settings_path.exists() else None
+    existing = None
+    if layout.settings_path.exists() and not force:  # redoing needs no knowledge of the old settings
+        try:
+            existing = read_settings(layout)
+        except LsegTrtError as e:
+            raise LsegTrtError(f"{e}; use --force to redo {layout.run_dir}") from None
     has_results = any(layout.manifest_dir.glob("*.jsonl"))
-    if existing is not None and force:
+    if force:  # also without a readable run.json
         for folder in (layout.manifest_dir, layout.run_dir / SHARDS_DIR):
             shutil.rmtree(folder, ignore_errors=True)
         layout.pca_path.unlink(missing_ok=True)
@@ -121,6 +127,11 @@ def start_run(layout: RunLayout, settings: dict, *, resume: bool, force: bool, s
         shown = settings_changes(existing, settings, " -> ")
         if shown:
             raise LsegTrtError(f"cannot resume {layout.run_dir}: settings differ ({shown}); use --force to redo it")
+    elif has_results and resume:
+        raise LsegTrtError(
+            f"cannot resume {layout.run_dir}: its {SETTINGS_FILE} is gone, so nothing says which settings made its "
+            "results; use --force to redo it"
+        )
     elif has_results:
         raise LsegTrtError(f"{layout.run_dir} already holds results: pass --resume to continue or --force to redo")
     if (resume or force) and not shared:
@@ -155,17 +166,54 @@ def write_shard_manifest(layout: RunLayout, index: int, records: list[dict]) -> 
     durable_write(layout.shard_manifest(index), lines.encode())
 
 
-def read_manifest(run_dir: Path) -> dict[int, list[dict]]:
-    """Every finished shard's records, by shard index."""
-    shards = {}
+STATUSES = ("done", "failed", "nonfinite")
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The shard manifests of a run: the records of each readable one by shard index, and why each of the
+    others cannot be trusted (a resume redoes those shards; a reader serves nothing of them)."""
+
+    shards: dict[int, list[dict]]
+    damaged: dict[int, str]
+
+
+def read_manifest(run_dir: Path) -> Manifest:
+    """Every shard manifest of `run_dir`. A manifest is a file anyone can edit or a disk can damage: one
+    that cannot be read or has a line that is not a record of its shard makes that shard damaged, never the
+    whole run unreadable."""
+    shards, damaged = {}, {}
     for path in sorted((Path(run_dir) / MANIFEST_DIR).glob("*.jsonl")):
-        if not path.stem.isdigit():
+        if not (path.stem.isascii() and path.stem.isdigit()):
             continue
+        index = int(path.stem)
         try:
-            records = [json.loads(line) for line in path.read_text().splitlines() if line]
-        except (OSError, json.JSONDecodeError) as e:
-            raise LsegTrtError(f"corrupt manifest {path}: {e}") from None
-        if not all(isinstance(r, dict) and isinstance(r.get("name"), str) and "status" in r for r in records):
-            raise LsegTrtError(f"corrupt manifest {path}: a line is not a record with a name and a status")
-        shards[int(path.stem)] = records
-    return shards
+            shards[index] = _records(path.read_text(), index)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, LsegTrtError) as e:
+            damaged[index] = f"corrupt manifest {path}: {e}"
+            log.warning("%s; its shard counts as not done", damaged[index])
+    return Manifest(shards, damaged)
+
+
+def _records(text: str, index: int) -> list[dict]:
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]
+    for r in records:
+        if not (isinstance(r, dict) and isinstance(r.get("name"), str) and r.get("status") in STATUSES):
+            raise LsegTrtError("a line is not a record with a name and a status")
+        if r.get("shard") != index:
+            raise LsegTrtError(f"a record of shard {r.get('shard')!r} in the manifest of shard {index}")
+        if r["status"] == "done" and not isinstance(r.get("file"), str):
+            raise LsegTrtError(f"record {r['name']!r} is done but names no file")
+    if not records or len({r["name"] for r in records}) != len(records):
+        raise LsegTrtError("no records, or an item twice")
+    return records
+
+
+def remove_shard(layout: RunLayout, index: int) -> None:
+    """Take shard `index` out of the store: its manifest first (durably), so that whatever a kill leaves
+    afterwards is a file no manifest vouches for, never a manifest without its file."""
+    manifest = layout.shard_manifest(index)
+    if manifest.exists():
+        manifest.unlink()
+        sync_folder(manifest.parent)
+    layout.shard_file(index).unlink(missing_ok=True)

@@ -350,7 +350,7 @@ def _task_queues(context: BaseContext, shards: list[ShardSpec], workers: int) ->
 
 def summary_from_manifests(summary: Summary, shards: list[ShardSpec], run_dir: Path) -> Summary:
     """Fill `summary` from the manifests of `shards`: what other processes did, as recorded on disk."""
-    finished = read_manifest(run_dir)
+    finished = read_manifest(run_dir).shards
     missing = [s.index for s in shards if s.index not in finished]
     if missing:
         raise LsegTrtError(f"shards {missing[:10]} have no manifest after the run; rerun with --resume")

@@ -5,7 +5,8 @@ else is added to the input. Each task plans its own items (sorted by name, cut i
 and numbers its j-th shard `j * N + K`: indices of different tasks never collide, no task needs to
 know what the others hold, and with N = 1 the plan is exactly a plain run's (shard j is index j).
 All tasks write into one run folder (shared storage) or into their own `--out`; `check_runs` then
-verifies that every item is there exactly once, and `merge_runs` copies several run folders into one.
+verifies that every item is there exactly once and every stored feature matches its checksum, and
+`merge_runs` copies several run folders into one.
 A task joins the run folder (its settings must match) instead of refusing existing results; `--force`
 is refused with N > 1, as it would delete the other tasks' work, and so is `--pca` (each task would fit
 its own basis). Changing N between attempts leaves the old tasks' shards in place: `check` reports
@@ -37,12 +38,14 @@ from lseg_trt.extraction.manifest import (
     PCA_FILE,
     SETTINGS_FILE,
     SHARDS_DIR,
+    Manifest,
     RunLayout,
     read_manifest,
     read_settings,
     settings_changes,
     write_shard_manifest,
 )
+from lseg_trt.extraction.reader import FeatureSet
 from lseg_trt.extraction.recipes import recipe_name
 from lseg_trt.extraction.run import ShardSpec, plan_shards
 from lseg_trt.extraction.sources import Item
@@ -65,11 +68,16 @@ class Task:
     def owns(self, name: str) -> bool:
         return task_of(name, self.count) == self.index
 
+    def owns_index(self, shard: int) -> bool:
+        """Whether shard `shard` of a run is this task's (`plan_task` numbers them `j * N + K`)."""
+        return shard % self.count == self.index
+
 
 def parse_task(text: str) -> Task:
     """`"K/N"` -> Task(K, N); anything else is a user error."""
     parts = text.strip().split("/")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    # isdigit alone accepts superscripts and other scripts' digits, which int() then refuses
+    if len(parts) != 2 or not all(p.strip().isascii() and p.strip().isdigit() for p in parts):
         raise LsegTrtError(f"--shard {text!r}: expected K/N with integers, e.g. 0/4")
     return Task(int(parts[0]), int(parts[1]))
 
@@ -100,11 +108,12 @@ class Check:
     twice: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     partial: list[Path] = field(default_factory=list)  # temporaries of a writer that died
+    damaged: list[str] = field(default_factory=list)  # unreadable manifests, stored files cut short or corrupt
     statuses: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
-        return not (self.missing or self.twice or self.unexpected or self.partial)
+        return not (self.missing or self.twice or self.unexpected or self.partial or self.damaged)
 
     def describe(self) -> str:
         counts = ", ".join(f"{v} {k}" for k, v in sorted(self.statuses.items()))
@@ -113,6 +122,7 @@ class Check:
             if names:
                 lines.append(f"{len(names)} {what}: {', '.join(names[:10])}{' ...' if len(names) > 10 else ''}")
         lines += [f"half-written (a worker died; rerun with --resume): {p}" for p in self.partial[:10]]
+        lines += [f"damaged (rerun with --resume to redo it): {why}" for why in self.damaged[:10]]
         return "\n".join(lines)
 
 
@@ -129,22 +139,33 @@ def same_run_settings(run_dirs: list[Path]) -> dict:
     return first
 
 
-def check_runs(run_dirs: list[Path], items: list[Item] | None = None) -> Check:
-    """Every manifest record of `run_dirs` (which must be runs of the same settings), checked: no item
-    twice, no shard index twice, and, given the input `items`, none missing and none extra."""
+def check_runs(run_dirs: list[Path], items: list[Item] | None = None, *, verify: bool = True) -> Check:
+    """Every manifest record of `run_dirs` (which must be runs of the same settings), checked: every
+    manifest readable, no item twice, no shard index twice, every stored feature whole and matching its
+    checksum, and, given the input `items`, none missing and none extra. `verify` False reads the
+    checksums only of files whose stat fingerprint moved since they were written (as `--resume` does)."""
     run_dirs = [Path(d) for d in run_dirs]
     same_run_settings(run_dirs)
-    return _tally([(run_dir, read_manifest(run_dir)) for run_dir in run_dirs], items)
+    manifests = [(run_dir, read_manifest(run_dir)) for run_dir in run_dirs]
+    check = _tally(manifests, items)
+    for run_dir, manifest in manifests:
+        stored = FeatureSet(run_dir, manifest)
+        for index, records in sorted(manifest.shards.items()):
+            why = stored.damaged([r for r in records if r["status"] == "done"], verify=verify)
+            if why is not None:
+                check.damaged.append(f"shard {index}: {why}")
+    return check
 
 
-def _tally(manifests: list[tuple[Path, dict[int, list[dict]]]], items: list[Item] | None = None) -> Check:
-    """`check_runs` on manifests already read: (run folder, shard index -> records), a folder given twice
+def _tally(manifests: list[tuple[Path, Manifest]], items: list[Item] | None = None) -> Check:
+    """`check_runs` on manifests already read (their stored files are not read here), a folder given twice
     counted twice."""
     check = Check([run_dir for run_dir, _ in manifests])
     seen: dict[str, int] = {}
     indices: set[int] = set()
-    for run_dir, shards in manifests:
-        for index, records in shards.items():
+    for run_dir, manifest in manifests:
+        check.damaged += [why for _, why in sorted(manifest.damaged.items())]
+        for index, records in manifest.shards.items():
             if index in indices:
                 check.twice.append(f"shard {index}")
             indices.add(index)
@@ -184,18 +205,18 @@ def merge_runs(run_dirs: list[Path], out: Path) -> Check:
         raise LsegTrtError(f"merge target {layout.run_dir} is one of the inputs")
     if layout.settings_path.exists():
         same_run_settings([run_dirs[0], layout.run_dir])
-        already = set(read_manifest(layout.run_dir))
-        for _, shards in manifests:
-            clash = already & set(shards)
+        already = set(read_manifest(layout.run_dir).shards)
+        for _, manifest in manifests:
+            clash = already & set(manifest.shards)
             if clash:
                 raise LsegTrtError(f"{layout.run_dir} already holds shard {min(clash)} (merging twice?)")
     layout.manifest_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dirs[0] / SETTINGS_FILE, layout.settings_path)
     if (run_dirs[0] / PCA_FILE).exists():
         shutil.copyfile(run_dirs[0] / PCA_FILE, layout.pca_path)
-    for run_dir, shards in manifests:
+    for run_dir, manifest in manifests:
         source_tree = run_dir.parent
-        for index, records in shards.items():
+        for index, records in manifest.shards.items():
             for file in sorted({r["file"] for r in records if "file" in r}):
                 # shard files are relative to the run folder, npy files to the model tree
                 base, target = (run_dir, layout.run_dir) if layout.format == "shards" else (source_tree, layout.tree)

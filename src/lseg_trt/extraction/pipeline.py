@@ -86,9 +86,9 @@ def decode_ahead(items: Iterable[Item], workers: int, timings: Timings, lookahea
 
     def timed(item: Item) -> Decoded:
         start = time.perf_counter()
-        result = decode(item)
+        decoded = decode(item)
         timings.add("decode", time.perf_counter() - start)
-        return item, result
+        return decoded
 
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="lseg-trt-decode") as pool:
         for video, run in itertools.groupby(items, key=lambda i: i.path if i.frame is not None else None):

@@ -66,7 +66,7 @@ def connect(address: str | None, *, num_cpus: int | None = None) -> None:
         raise MissingDependencyError('--ray needs Ray: pip install "lseg-trt[ray]"') from None
     if address not in (None, "auto"):
         host, _, port = address.removeprefix("ray://").rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise LsegTrtError(f"--ray {address!r}: expected HOST:PORT or ray://HOST:PORT")
         try:
             socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()

@@ -8,10 +8,12 @@ of a host, `--shard K/N` tasks of a scheduler and Ray actors can all share them.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -23,13 +25,14 @@ from tqdm import tqdm
 from lseg_trt._version import __version__
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.extractor import FeatureExtractor
-from lseg_trt.extraction.manifest import RunLayout, read_manifest, start_run, write_shard_manifest
+from lseg_trt.extraction.manifest import RunLayout, read_manifest, remove_shard, start_run, write_shard_manifest
 from lseg_trt.extraction.pipeline import STAGES, Lane, Timings, background, batches, decode_ahead
 from lseg_trt.extraction.reader import FeatureSet
 from lseg_trt.extraction.recipes import check_resume, recipe_name
 from lseg_trt.extraction.reduce import PCABasis, Reduction, fit_pca
 from lseg_trt.extraction.sources import Item, Source, scan
 from lseg_trt.extraction.writers import ShardWriter, WriterPool, shard_writer
+from lseg_trt.files import file_digest, fingerprint, source_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +118,8 @@ class Summary:
     run_dir: Path
     done: int = 0
     skipped: int = 0  # finished in an earlier run (resume)
-    ignored: int = 0  # hidden or special entries the folder walk passed over (`sources.Listing`)
+    notes: list[str] = field(default_factory=list)  # what the listing passed over (`sources.Listing.notes`)
+    removed: list[str] = field(default_factory=list)  # items no longer in the input, taken out of the store
     failed: list[tuple[str, str]] = field(default_factory=list)
     nonfinite: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -150,8 +154,10 @@ class Summary:
         ]
         if self.shards_by_worker:
             lines.append("shards per worker: " + ", ".join(f"{k} {len(v)}" for k, v in self.shards_by_worker.items()))
-        if self.ignored:
-            lines.append(f"skipped {self.ignored} hidden or special entries of the inputs")
+        if self.removed:
+            shown = ", ".join(self.removed[:5]) + (" ..." if len(self.removed) > 5 else "")
+            lines.append(f"removed {len(self.removed)} items no longer in the input from the store: {shown}")
+        lines += self.notes
         lines += [f"failed: {name}: {reason}" for name, reason in self.failed[:20]]
         lines += [f"non-finite features: {name}" for name in self.nonfinite[:20]]
         return "\n".join(lines)
@@ -171,12 +177,19 @@ class _ShardState:
 
     def record(self, item: Item, status: str, **fields: object) -> None:
         source = {"source": str(item.path), "bytes": item.bytes, "mtime_ns": item.mtime_ns, "frame": item.frame}
+        source |= {"content": item.content, "stat": item.stat}  # what the features were computed from
         self.records[item.name] = {"name": item.name, "shard": self.shard.index, "status": status, **source, **fields}
 
     def commit(self) -> list[dict]:
         self.writer.commit()
         records = [self.records[item.name] for item in self.shard.items]
-        write_shard_manifest(self.output.layout, self.shard.index, records)
+        layout = self.output.layout
+        base = layout.tree if layout.format == "npy" else layout.run_dir
+        stored = {r["file"]: fingerprint(os.stat(base / r["file"])) for r in records if "file" in r}
+        for record in records:
+            if "file" in record:  # the file as written: a resume reads its checksums only once this moves
+                record["stored"] = stored[record["file"]]
+        write_shard_manifest(layout, self.shard.index, records)
         return records
 
 
@@ -291,26 +304,105 @@ def extract_shard(extractor: FeatureExtractor, shard: ShardSpec, output: RunOutp
     return run_shards(extractor, [shard], output, progress=False).records
 
 
-def pending_shards(shards: list[ShardSpec], output: RunOutput) -> list[ShardSpec]:
-    """Shards not finished: without a manifest, with an item whose source (name, size, mtime) changed
-    since it was written, with an item not `done`, or with stored features that are gone or cannot be
-    read (a manifest vouches for what was written, not for what a disk or a person left since). Failed
-    and non-finite items are tried again, so a resume reports them again (and fails again) instead of
-    passing on an earlier run's failures; a file fixed in place, or a fixed network, then gives features."""
-    finished = read_manifest(output.layout.run_dir)
-    stored = FeatureSet(output.layout.run_dir, finished)
-    return [shard for shard in shards if not _finished(shard, finished.get(shard.index), stored)]
+@dataclass(frozen=True)
+class Resume:
+    """What a resume does: the shards to extract, and the items it took out of the store because they are
+    no longer in the input."""
+
+    todo: list[ShardSpec]
+    removed: list[str]
 
 
-def _finished(shard: ShardSpec, records: list[dict] | None, stored: FeatureSet) -> bool:
+def pending_shards(
+    shards: list[ShardSpec], output: RunOutput, *, owns: Callable[[int], bool] = lambda index: True,
+    verify: bool = False,
+) -> Resume:  # fmt: skip
+    """Plan a resume from the input as it is now (`shards`), and make the store agree with it before any
+    shard is written.
+
+    A shard is finished when its manifest names exactly its items, all `done`, each from the same bytes
+    (the file's stat fingerprint as recorded, else its content hashed again and compared: a rewrite that
+    restores the modification time is found), and its stored features are whole (headers always; the
+    checksums of every file whose fingerprint moved since it was written, or of all with `verify`).
+    Every other manifest of this task (`owns`: the `--shard K/N` residue) is removed with its files, first:
+    a shard no longer in the plan (its items left the input or moved to another shard), a damaged
+    manifest, a shard to redo. So the store never holds an item twice, even if this resume is killed, and
+    serves nothing stale meanwhile. Failed and non-finite items are tried again (a file fixed in place, or
+    a fixed network, then gives features). A finished shard whose files were only touched or copied has its
+    fingerprints updated, so the next resume hashes nothing again."""
+    layout = output.layout
+    manifest = read_manifest(layout.run_dir)
+    stored = FeatureSet(layout.run_dir, manifest)
+    sources: dict[Path, tuple[str | None, list | None]] = {}
+    todo, kept = [], set()
+    for shard in shards:
+        records = _finished(shard, manifest.shards.get(shard.index), stored, sources, verify)
+        if records is None:
+            todo.append(shard)
+            continue
+        kept.add(shard.index)
+        if records != manifest.shards[shard.index]:
+            write_shard_manifest(layout, shard.index, records)
+    wanted = {item.name for shard in shards for item in shard.items}
+    kept_files = {r.get("file") for index in kept for r in manifest.shards[index]}
+    removed = []
+    for index in sorted(set(manifest.shards) | set(manifest.damaged)):
+        if index in kept or not owns(index):
+            continue
+        old = manifest.shards.get(index, [])
+        removed += [r["name"] for r in old if r["name"] not in wanted and r["status"] == "done"]
+        remove_shard(layout, index)
+        if layout.format == "npy":  # per-item files, which `compare` finds by path: none may outlive its record
+            for file in {r["file"] for r in old if "file" in r} - kept_files:
+                if _npy_of_this_run(file, layout):  # a manifest is untrusted: it may name another run's file
+                    with contextlib.suppress(LsegTrtError, OSError):
+                        stored.path_of(file).unlink(missing_ok=True)
+    return Resume(todo, sorted(removed))
+
+
+def _npy_of_this_run(file: str, layout: RunLayout) -> bool:
+    """Whether a record's file has the shape of this run's npy files, `<image>/<HxW>.npy`."""
+    parts = Path(file).parts
+    return len(parts) == 2 and parts[1] == layout.npy_file("x").name
+
+
+def _finished(
+    shard: ShardSpec, records: list[dict] | None, stored: FeatureSet, sources: dict, verify: bool
+) -> list[dict] | None:
+    """The shard's records (with fingerprints brought up to date) if it is finished, else None."""
     if records is None or [r.get("name") for r in records] != [i.name for i in shard.items]:
-        return False
-    if not all(r.get("status") == "done" and i.unchanged(r) for i, r in zip(shard.items, records, strict=True)):
-        return False
-    damage = stored.damaged(records)  # this shard's own records: an older manifest may name the same items
+        return None
+    if not all(r.get("status") == "done" for r in records):
+        return None
+    fresh = []
+    for item, record in zip(shard.items, records, strict=True):
+        stat = _same_source(item, record, sources)
+        if stat is False:
+            log.info("shard %d is extracted again: %s changed", shard.index, item.path)
+            return None
+        fresh.append(record if stat is True else {**record, "stat": stat})
+    damage = stored.damaged(records, verify=verify)  # this shard's own records: another manifest may name the same
     if damage is not None:
         log.warning("shard %d is extracted again: %s", shard.index, damage)
-    return damage is None
+        return None
+    now = {file: stored.fingerprint_of(file) for file in {r["file"] for r in fresh}}  # one stat a file
+    return [{**r, "stored": now[r["file"]]} if now[r["file"]] != r.get("stored") else r for r in fresh]
+
+
+def _same_source(item: Item, record: dict, sources: dict) -> bool | list | None:
+    """True if the item's file has the fingerprint recorded; else, hashed again (once per file: a video's
+    frames share one), its current fingerprint (None if too recent to trust) when its content is the one
+    recorded, and False when it is not."""
+    if item.stat is not None and record.get("stat") == item.stat:
+        return True
+    if item.path not in sources:
+        try:
+            info = os.stat(item.path)
+            sources[item.path] = (file_digest(item.path), source_fingerprint(info))
+        except OSError:
+            sources[item.path] = (None, None)
+    content, stat = sources[item.path]
+    return stat if content is not None and content == record.get("content") else False
 
 
 def fit_run_pca(extractor: FeatureExtractor, items: list[Item], k: int, pool: int, frames: int = 16) -> PCABasis:
@@ -374,6 +466,7 @@ def extract(
     shard_size: int = 64,
     resume: bool = False,
     force: bool = False,
+    verify: bool = False,
     progress: bool = True,
 ) -> Summary:
     """Features of every item of `source` into `out`, resumable; the CLI's `extract` is this call.
@@ -385,15 +478,19 @@ def extract(
         format: `shards` (safetensors, `shard_size` items each) or `npy` (one file per image, seed layout).
         dtype: storage dtype, fp16 or fp32. pool: average the feature grid over pool x pool cells.
         pca: project to this many channels (basis fitted on 16 frames of the run, stored beside it).
-        resume: skip shards whose items the manifest records as done, from unchanged sources. force: redo all.
+        resume: skip shards whose items the manifest records as done, from unchanged sources, and take items
+            no longer in `source` out of the store (`pending_shards`). force: redo all.
+        verify: with `resume`, read every stored feature and check its checksum (not only those of files whose
+            stat fingerprint moved).
     """
     extractor.activate()
     listing = scan(source)
     items = listing.items
     shards = plan_shards(items, shard_size)
     output = prepare_run(extractor, items, out, RunOptions(format, dtype, pool, pca, shard_size, resume, force))
-    todo = pending_shards(shards, output) if resume else shards
-    summary = run_shards(extractor, todo, output, progress=progress)
-    summary.skipped = len(items) - sum(len(s.items) for s in todo)
-    summary.ignored = listing.ignored
+    plan = pending_shards(shards, output, verify=verify) if resume else Resume(shards, [])
+    summary = run_shards(extractor, plan.todo, output, progress=progress)
+    summary.skipped = len(items) - sum(len(s.items) for s in plan.todo)
+    summary.removed = plan.removed
+    summary.notes = listing.notes()
     return summary

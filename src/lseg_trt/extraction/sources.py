@@ -11,14 +11,17 @@ from __future__ import annotations
 import glob
 import logging
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from lseg_trt.errors import LsegTrtError, MissingDependencyError
-from lseg_trt.images import IMAGE_SUFFIXES, load_rgb_array
+from lseg_trt.extraction.walk import walk
+from lseg_trt.files import Fingerprint, digest, file_digest, fingerprint, source_fingerprint
+from lseg_trt.images import image_suffixes, read_image_file, rgb_from_bytes
 from lseg_trt.names import component_from_stem, short_digest
 
 log = logging.getLogger(__name__)
@@ -32,7 +35,9 @@ Source = str | Path | Sequence[str | Path]
 
 @dataclass(frozen=True)
 class Item:
-    """One image (or one video frame) to extract, with what resume compares to see it unchanged."""
+    """One image (or one video frame) to extract. `stat` is the listing's `files.fingerprint` of its file;
+    `content` the digest of the bytes its features were computed from, set by `decode` (the manifest
+    records both: a resume trusts an unchanged fingerprint and hashes the file again otherwise)."""
 
     name: str
     path: Path
@@ -40,13 +45,12 @@ class Item:
     mtime_ns: int
     frame: int | None = None  # index in a video file
     error: str | None = None  # why a video could not be listed: this item then fails with it
+    stat: Fingerprint | None = None
+    content: str | None = None
 
     @property
     def component(self) -> str:
         return item_component(self.name)
-
-    def unchanged(self, record: dict) -> bool:
-        return record.get("bytes") == self.bytes and record.get("mtime_ns") == self.mtime_ns
 
 
 def item_component(name: str) -> str:
@@ -60,55 +64,131 @@ def item_component(name: str) -> str:
 
 @dataclass(frozen=True)
 class Listing:
-    """The items of a source, and how many entries of its folders and globs were passed over as hidden
-    (a name starting with `.`, counted once however much it holds) or special (FIFO, socket, device,
-    broken link): a walk that drops files must say so."""
+    """The items of a source and what its listing passed over, so a run can say so (`notes`): entries
+    skipped as hidden (a name starting with `.`, counted once however much it holds) or special (FIFO,
+    socket, device, broken link); files of other suffixes, by suffix; folder links not entered again (a
+    loop, or a folder reached twice); files reached by a second path, extracted once; and each input
+    that contributed no item, with why."""
 
     items: list[Item]
     ignored: int = 0
+    other: dict[str, int] = field(default_factory=dict)
+    repeated: int = 0
+    duplicates: int = 0
+    unused: list[str] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per thing passed over, for a run's summary."""
+        lines = [f"input {why}" for why in self.unused]
+        if self.other:
+            counts = ", ".join(f"{suffix} {n}" for suffix, n in sorted(self.other.items()))
+            lines.append(f"skipped {sum(self.other.values())} files that are not images or videos ({counts})")
+        if self.duplicates:
+            lines.append(
+                f"{self.duplicates} files reached by a second path (a link, an input named twice) counted once"
+            )
+        if self.repeated:
+            lines.append(f"{self.repeated} folder links not entered: they lead to a folder already listed")
+        if self.ignored:
+            lines.append(f"skipped {self.ignored} hidden or special entries of the inputs")
+        return lines
+
+
+@dataclass
+class _Found:
+    """One input expanded: (file, naming root) pairs and what was passed over."""
+
+    text: str
+    entries: list[tuple[Path, Path]] = field(default_factory=list)
+    ignored: int = 0
+    other: Counter = field(default_factory=Counter)
+    repeated: list[str] = field(default_factory=list)
+    empty: str = "gave no file"  # why it gave nothing, if it did
 
 
 def list_items(source: Source) -> list[Item]:
-    """Every item of `source` (a folder, searched recursively; a glob; a `.txt`/`.lst` list file with
-    one path per line; a video; an image; or a list of these), sorted by name, names unique."""
+    """Every item of `source` (a folder, searched recursively, links to folders followed once; a glob; a
+    `.txt`/`.lst` list file with one path per line; a video; an image; or a list of these), sorted by name,
+    names unique, each file once however many paths reach it."""
     return scan(source).items
 
 
 def scan(source: Source) -> Listing:
-    """`list_items`, with the count of hidden and special entries skipped (each folder or glob that
-    skips some logs one warning)."""
+    """`list_items`, with what the listing passed over (`Listing`); each folder or glob that skips hidden
+    or special entries logs one warning. A source that gives no item at all is a user error naming why
+    each input gave nothing."""
     sources = [source] if isinstance(source, str | Path) else list(source)
-    expanded = [_expand(str(s)) for s in sources]
-    found = [entry for entries, _ in expanded for entry in entries]
-    items = _named_items(found)
+    seen: set = set()
+    expanded = [_expand(str(s), seen) for s in sources]
+    found = [(f, root, k) for k, x in enumerate(expanded) for f, root in x.entries]
+    items, duplicates, contributed = _named_items(found)
+    again = "every file in it was already listed by another input"
+    unused = [f"{x.text} gave nothing: {x.empty if x.entries == [] else again}" for x in expanded]
+    unused = [why for k, why in enumerate(unused) if k not in contributed]
     if not items:
-        raise LsegTrtError(f"no images found in {', '.join(map(str, sources))}")
-    return Listing(sorted(items, key=lambda i: i.name), sum(ignored for _, ignored in expanded))
+        raise LsegTrtError(f"no images found: {'; '.join(unused)}")
+    other: Counter = sum((x.other for x in expanded), Counter())
+    return Listing(
+        sorted(items, key=lambda i: i.name), sum(x.ignored for x in expanded), dict(other),
+        sum(len(x.repeated) for x in expanded), duplicates, unused,
+    )  # fmt: skip
 
 
-def _expand(text: str) -> tuple[list[tuple[Path, Path]], int]:
-    """The (file, root) pairs of one source, and how many hidden or special entries it skipped."""
+def _expand(text: str, seen: set) -> _Found:
+    """The (file, root) pairs of one source and what it passed over; `seen`: the folders walked so far."""
     if not text.strip():
         raise LsegTrtError("empty input path: name a folder, glob, list file, video or image")
     path = Path(text)
+    found = _Found(text)
     if any(c in text for c in "*?["):
         fixed = _first_magic(text)  # the path parts before the first wildcard
         root = Path(*Path(text).parts[:fixed]) if fixed else Path(".")
-        matches = [Path(p) for p in glob.glob(text, recursive=True)]
-        special = [p for p in matches if not p.is_file() and not p.is_dir()]
-        _warn_skipped(len(special), text)
-        return [(f, root) for f in sorted(p for p in matches if p.is_file() and _wanted(p.name))], len(special)
+        found.empty = "the pattern matches nothing"
+        matches = sorted(glob.glob(text, recursive=True))
+        _walk_into(found, [m for m in matches if os.path.isdir(m)], root, seen)  # as if each were named
+        for match in (Path(m) for m in matches if not os.path.isdir(m)):
+            if match.is_file() and wanted(match.name):
+                found.entries.append((match, root))
+            elif match.is_file():
+                found.other[match.suffix.lower() or "(no suffix)"] += 1
+                found.empty = "matches no image or video"
+            else:
+                found.ignored += 1  # special, or a broken link
+        _warn_skipped(found.ignored, text)
+        return found
     if path.is_dir():
-        files, ignored = _walk(path)
-        _warn_skipped(ignored, text)
-        return [(f, path) for f in files], ignored
+        _walk_into(found, [text], path, seen)
+        _warn_skipped(found.ignored, text)
+        return found
     if path.exists() and not path.is_file():  # links followed: a link to /dev/zero is a device
         raise LsegTrtError(f"input {path} is not a regular file (a device, FIFO or socket)")
     if path.suffix.lower() in LIST_SUFFIXES and path.is_file():
-        return _list_file(path), 0
+        found.entries, found.empty = _list_file(path), "the list names no file"
+        return found
     if path.is_file():
-        return [(path, path.parent)], 0
+        if not wanted(path.name):
+            raise LsegTrtError(
+                f"input {path}: {path.suffix or 'no suffix'} is not an image or video suffix this install reads "
+                f"({' '.join(image_suffixes() + VIDEO_SUFFIXES)}), nor a list file ({' '.join(LIST_SUFFIXES)})"
+            )
+        found.entries = [(path, path.parent)]
+        return found
     raise LsegTrtError(f"input not found: {path}")
+
+
+def _walk_into(found: _Found, folders: list[str], root: Path, seen: set) -> None:
+    """The files under `folders` (`walk`) into `found`, named below `root`."""
+    if not folders:
+        return
+    walked = walk(folders, wanted, seen)
+    found.entries += [(Path(f), root) for f in walked.files]
+    found.ignored += walked.passed_over
+    found.other += walked.other
+    found.repeated += walked.repeated
+    if walked.repeated == folders:
+        found.empty = "the folder was already listed by another input"
+    elif not walked.files:
+        found.empty = "no image or video in it"
 
 
 def _warn_skipped(count: int, where: str) -> None:
@@ -120,51 +200,9 @@ def _first_magic(text: str) -> int:
     return next(i for i, part in enumerate(Path(text).parts) if any(c in part for c in "*?["))
 
 
-def _wanted(name: str) -> bool:
-    return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES
-
-
-def _walk(folder: Path) -> tuple[list[Path], int]:
-    """The wanted files under `folder`, sorted, and how many entries were passed over: hidden (counted
-    once, not entered), special (FIFO, socket, device, broken link) or an unreadable folder. One
-    `scandir` per folder, whose entries know their type without a `stat`: a dataset holds millions of
-    frames, and the listing with pathlib's walk took 42 us a frame on the developer machine, this one 19
-    (`benchmarks/listing_bench.py`). Links to files are followed; links to folders are not entered, as
-    `Path.rglob` does not."""
-    files: list[str] = []
-    ignored = 0
-    pending = [str(folder)]
-    while pending:
-        try:
-            with os.scandir(pending.pop()) as entries:
-                for entry in entries:
-                    kind = _kind(entry)
-                    if kind == "folder":
-                        pending.append(entry.path)
-                    elif kind == "file":
-                        files.append(entry.path)
-                    elif kind == "passed over":
-                        ignored += 1
-        except OSError as e:  # a folder that cannot be listed
-            log.warning("cannot list %s: %s", e.filename, e.strerror)
-            ignored += 1
-    return [Path(f) for f in sorted(files)], ignored
-
-
-def _kind(entry: os.DirEntry) -> str:
-    """What the walk does with an entry: enters a `folder`, keeps a `file`, counts one `passed over`
-    (hidden, special, or whose type cannot be read, such as a link into a folder this user may not
-    read) or drops it silently (a link to a folder, a file of another kind)."""
-    if entry.name.startswith("."):
-        return "passed over"
-    try:
-        if entry.is_dir():
-            return "dropped" if entry.is_symlink() else "folder"
-        if entry.is_file():
-            return "file" if _wanted(entry.name) else "dropped"
-    except OSError:
-        pass
-    return "passed over"
+def wanted(name: str) -> bool:
+    """Whether a file of this name is listed: the same suffixes for walks, globs and paths named directly."""
+    return os.path.splitext(name)[1].lower() in image_suffixes() + VIDEO_SUFFIXES
 
 
 def _list_file(path: Path) -> list[tuple[Path, Path]]:
@@ -179,29 +217,37 @@ def _list_file(path: Path) -> list[tuple[Path, Path]]:
     return [(e, root) for e in entries]  # missing entries fail at decode, recorded per item
 
 
-def _named_items(found: list[tuple[Path, Path]]) -> list[Item]:
+def _named_items(found: list[tuple[Path, Path, int]]) -> tuple[list[Item], int, set[int]]:
     """Items named relative to each root without the suffix (a video's frames `<name>/000000`, ...); if two
     names collide (`a.png` and `a.jpg`, or frames of `clip.mp4` and `clip/000000.png`) every name keeps its
-    suffix; if names still collide (inputs with different roots) the absolute path is the name. Paths are
-    handled as strings: pathlib's objects cost more than the rest of a listing of a million frames."""
+    suffix; if names still collide (inputs with different roots) the absolute path is the name. A file
+    reached by several paths (a link, a hard link, an input named twice, `I` and `I/../I`) is one item,
+    named by its first path; also returned: how many such repeats were dropped, and the inputs (indices of
+    `found`'s third field) that contributed an item. Paths are handled as strings: pathlib's objects cost
+    more than the rest of a listing of a million frames."""
     absolute = _absolute_in(os.getcwd())
-    entries: dict[str, tuple[Path, str]] = {}
-    for path, root in found:
+    entries: dict[object, tuple[Item, str, str]] = {}
+    contributed: set[int] = set()
+    for path, root, source in found:
         full = absolute(str(path))
-        entries.setdefault(full, (path, _relative(full, absolute(str(root)), path.name)))
-    parts = [_frames(_file_item("", path)) for path, _ in entries.values()]  # each video opened once: "/<frame>"
+        item = _file_item("", path)
+        identity = (item.stat[0], item.stat[1]) if item.stat is not None else os.path.normpath(full)
+        if identity not in entries:
+            entries[identity] = (item, full, _relative(full, absolute(str(root)), path.name))
+            contributed.add(source)
+    parts = [_frames(item) for item, _, _ in entries.values()]  # each video opened once: "/<frame>"
     for naming in (
         lambda full, rel: _without_suffix(rel),
         lambda full, rel: rel,
         lambda full, rel: full.lstrip("/"),
     ):
-        names = [naming(full, rel) for full, (_, rel) in entries.items()]
+        names = [naming(full, rel) for _, full, rel in entries.values()]
         items = [
             replace(part, name=name + part.name) for name, group in zip(names, parts, strict=True) for part in group
         ]
         if len({item.name for item in items}) == len(items):
             break
-    return items
+    return items, len(found) - len(entries), contributed
 
 
 def _absolute_in(cwd: str) -> Callable[[str], str]:
@@ -227,7 +273,7 @@ def _without_suffix(name: str) -> str:
 def _file_item(name: str, path: Path) -> Item:
     try:
         info = path.stat()
-        return Item(name, path, info.st_size, info.st_mtime_ns)
+        return Item(name, path, info.st_size, info.st_mtime_ns, stat=fingerprint(info))
     except OSError:
         return Item(name, path, -1, -1)  # fails at decode and is recorded as failed
 
@@ -245,7 +291,7 @@ def _frames(item: Item) -> list[Item]:
     except LsegTrtError as e:
         return [replace(item, error=str(e))]
     width = max(6, len(str(count - 1)))
-    return [Item(f"{item.name}/{i:0{width}d}", item.path, item.bytes, item.mtime_ns, i) for i in range(count)]
+    return [replace(item, name=f"{item.name}/{i:0{width}d}", frame=i) for i in range(count)]
 
 
 def _frame_count(path: Path) -> int:
@@ -281,20 +327,31 @@ def _video_frames(path: Path) -> Iterator[np.ndarray]:
         raise LsegTrtError(f"cannot read video {path}: {e}") from None
 
 
-def decode(item: Item) -> np.ndarray | LsegTrtError:
+def decode(item: Item) -> tuple[Item, np.ndarray | LsegTrtError]:
     """An image item's RGB uint8 array, or the user error that explains why it cannot be read (also the
-    error of a video that could not be listed, which stays one item)."""
+    error of a video that could not be listed, which stays one item). The item comes back with the digest
+    of the bytes decoded and the fingerprint of the file they came from (`files.source_fingerprint`): the
+    decoder reads every byte anyway, and hashing them costs a fraction of decoding them."""
     if item.error is not None:
-        return LsegTrtError(item.error)
+        return item, LsegTrtError(item.error)
     try:
-        return load_rgb_array(item.path)
+        data, info = read_image_file(item.path)
+        return replace(item, content=digest(data), stat=source_fingerprint(info)), rgb_from_bytes(data, item.path)
     except LsegTrtError as e:
-        return e
+        return item, e
 
 
 def decode_video(items: Sequence[Item]) -> Iterator[tuple[Item, np.ndarray | LsegTrtError]]:
-    """Frames of one video in order, decoded once from the start (frames not in `items` are skipped)."""
-    wanted = {item.frame: item for item in items}
+    """Frames of one video in order, decoded once from the start (frames not in `items` are skipped). The
+    frames carry the digest of the whole file, read once before decoding (PyAV reads it itself)."""
+    try:
+        info = os.stat(items[0].path)
+        content = file_digest(items[0].path)
+    except OSError as e:
+        for item in items:
+            yield item, LsegTrtError(f"cannot read video {item.path}: {e.strerror or e}")
+        return
+    wanted = {item.frame: replace(item, content=content, stat=source_fingerprint(info)) for item in items}
     done = decoded = 0
     try:
         for frame in _video_frames(items[0].path):

@@ -25,7 +25,7 @@ import numpy as np
 from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.manifest import RunLayout
 from lseg_trt.extraction.sources import Item
-from lseg_trt.files import durable_write, sync_folder, temp_path, temps_of
+from lseg_trt.files import digest, durable_write, sync_folder, temp_path, temps_of
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ class ShardWriter(ABC):
 
     @abstractmethod
     def add(self, item: Item, array: np.ndarray) -> dict[str, str]:
-        """Store `array` (1, C, H, W); return where it went, for the manifest."""
+        """Store `array` (1, C, H, W); return where it went and the digest of the bytes stored (its
+        `checksum`), for the manifest."""
 
     def commit(self) -> None:  # noqa: B027 - npy files are complete as soon as they are added
         """Make the shard's files final."""
@@ -65,8 +66,9 @@ class NpyShardWriter(ShardWriter):
         array = np.ascontiguousarray(array)
         header = io.BytesIO()
         np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(array))
-        durable_write(path, header.getbuffer(), memoryview(array).cast("B"))
-        return {"file": path.relative_to(self.layout.tree).as_posix()}
+        data = memoryview(array).cast("B")
+        durable_write(path, header.getbuffer(), data)
+        return {"file": path.relative_to(self.layout.tree).as_posix(), "checksum": digest(data)}
 
 
 class SafetensorsShardWriter(ShardWriter):
@@ -107,10 +109,11 @@ class SafetensorsShardWriter(ShardWriter):
         data = np.ascontiguousarray(array, dtype=self.dtype)
         if data.shape != self.shape:
             raise RuntimeError(f"shard {self.index}: item {item.name} has shape {data.shape}, expected {self.shape}")
-        self.fh.write(memoryview(data).cast("B"))  # no bytes copy of a 5-80 MB item
+        stored = memoryview(data).cast("B")  # no bytes copy of a 5-80 MB item
+        self.fh.write(stored)
         self.offsets[item.name] = self.offset
         self.offset += data.nbytes
-        return {"file": self.file, "key": item.name}
+        return {"file": self.file, "key": item.name, "checksum": digest(stored)}
 
     def commit(self) -> None:
         text = self._header(self.offsets)
