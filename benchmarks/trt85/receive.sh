@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # TensorRT 8.5.3.1 to the GPU machine, one part per device call (a call carries at most 64 MiB; ignored files
-# stay on the machine between calls while it is held). Here, once: `shared/tools/trt85/build.sh ... .trt85/out`
-# makes .trt85/out/parts/p00..pNN and `(cd .trt85/out/parts && sha256sum p*) > .trt85/out/SHA256SUMS`. Then
-# one device call per part, back to back, each carrying `.trt85/out/parts/pNN` and `.trt85/out/SHA256SUMS`:
+# stay on the machine between calls while it is held). Here, once: `shared/tools/trt85/build.sh ... .trt85/out`,
+# then `benchmarks/trt85/parts.sh` (55 MiB parts p00..p09 and .trt85/out/SHA256SUMS). Then one device call per
+# part, back to back (about 4 s each), each carrying `.trt85/out/parts/pNN` and `.trt85/out/SHA256SUMS`:
 #   bash benchmarks/trt85/receive.sh NN
 # Each part is checked against its sha256 and moved to /tmp/trt85/parts; once every part listed in SHA256SUMS
 # is there, they are joined and unpacked to /tmp/trt85/pkg/tensorrt and TensorRT is imported and asked for a
