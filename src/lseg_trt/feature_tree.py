@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 FLOAT_KINDS = "f"  # numpy dtype kinds a feature file may hold
 DEFAULT_RECIPE = "default"  # the single pass, whose files carry no recipe name
-SIZE_STEM = re.compile(r"[0-9]+x[0-9]+")  # a feature file's name: its network size (ASCII digits only)
+# a feature file's name: its size (ASCII digits only), then a recipe's name where it is not the single pass
+FEATURE_STEM = re.compile(r"[0-9]+x[0-9]+(-[a-z0-9][a-z0-9-]*)?")
 
 
 @dataclass(frozen=True)
@@ -51,8 +52,8 @@ def scan(root: Path) -> dict[FeatureKey, Path]:
         raise LsegTrtError(f"feature tree not found: {root}")
     found = {}
     for path in sorted(root.glob("*/*/*/*/*.npy")):
-        if not SIZE_STEM.fullmatch(path.stem):  # `final.npy`, `2x.npy`: not a feature map of the layout
-            log.warning("skipped %s: not named <H>x<W>.npy", path)
+        if not FEATURE_STEM.fullmatch(path.stem):  # `final.npy`, `2x.npy`: not a feature map of the layout
+            log.warning("skipped %s: not named <H>x<W>.npy or <H>x<W>-<recipe>.npy", path)
             continue
         backend, variant, weights, image = path.relative_to(root).parts[:4]
         size, _, recipe = path.stem.partition("-")

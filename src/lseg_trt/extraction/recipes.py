@@ -322,7 +322,7 @@ def first_image_size(source: Source) -> tuple[int, int]:
     """(H, W) of the first readable item of `source` in name order, the order a run takes them: a recipe's
     output size follows from its images' size, and a run stores one shape."""
     for item in list_items(source):
-        _, pixels = next(decode_video([item])) if item.frame is not None else (item, decode(item))
+        _, pixels = next(decode_video([item])) if item.frame is not None else decode(item)
         if not isinstance(pixels, LsegTrtError):
             return pixels.shape[0], pixels.shape[1]
     raise LsegTrtError("no readable image among the inputs")
