@@ -1,7 +1,8 @@
 """Engines as model sources of `bench` and `fidelity`, TF32 engines as their own backend, and the opset the
 ONNX cache exports for a TensorRT parser. Engines are built for real with TensorRT-RTX on the CPU; running
-them needs a GPU, so here they end as the `n/a` row or the one-line error a GPU-less machine gets. They
-ran on the H100 with TensorRT 8.5.3.1 through `benchmarks/trt85/run.sh` (results in benchmarks/results/).
+them needs a GPU, so here they end as the `n/a` row or the one-line error a GPU-less machine gets. `bench
+--engine` ran on the H100 with TensorRT 8.5.3.1 through `benchmarks/trt85/run.sh`
+(benchmarks/results/h100-2026-12-07-trt85/); `fidelity --engine` has not run on a GPU yet.
 """
 
 from __future__ import annotations
