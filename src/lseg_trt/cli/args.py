@@ -116,9 +116,9 @@ def add_engine_args(parser: argparse.ArgumentParser, role: str) -> None:
     )
 
 
-def engines_from_args(ns: argparse.Namespace, device: str) -> list:  # noqa: ANN201 - [(ModelSource, BackendSpec)]
+def engines_from_args(ns: argparse.Namespace, cuda_graph: bool) -> list:  # noqa: ANN201 - [(ModelSource, BackendSpec)]
     """Each --engine opened (sidecar checked) with the backend that runs it: `tensorrt` in the engine's own
-    precision, replaying CUDA graphs on a GPU as the fastest way to run it."""
+    precision, replaying CUDA graphs where asked (on a GPU, the fastest way to run it)."""
     from lseg_trt.artifacts import open_model
     from lseg_trt.backends import backend_for
 
@@ -126,7 +126,7 @@ def engines_from_args(ns: argparse.Namespace, device: str) -> list:  # noqa: ANN
     for path in ns.engine:
         source = open_model(engine=path)
         spec = backend_for(source)
-        engines.append((source, replace(spec, cuda_graph=device.startswith("cuda"))))
+        engines.append((source, replace(spec, cuda_graph=cuda_graph)))
     return engines
 
 

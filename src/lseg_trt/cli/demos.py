@@ -112,6 +112,7 @@ def run_wordfree(ns: argparse.Namespace) -> int:
 def run_demo(ns: argparse.Namespace) -> int:
     from lseg_trt.artifacts import ModelSource
     from lseg_trt.backends import make_runner, parse_backend
+    from lseg_trt.backends.auto import AUTO
     from lseg_trt.sizes import parse_size
     from lseg_trt.webdemo import Demo, gradio_module, serve
 
@@ -119,7 +120,7 @@ def run_demo(ns: argparse.Namespace) -> int:
     if not host:
         raise LsegTrtError("--host is empty; name an address such as 127.0.0.1")
     size, device = parse_size(ns.size) if ns.size else None, device_from_args(ns)
-    if ns.backend != "auto":
+    if ns.backend != AUTO:
         parse_backend(ns.backend)  # a wrong name: say so before loading a network
     gradio_module()  # missing: say so before loading a network
     lseg = lseg_from_args(ns)

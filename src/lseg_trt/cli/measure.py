@@ -39,7 +39,7 @@ def run_bench(ns: argparse.Namespace) -> int:
     device = device_from_args(ns)
     defaults = defaults_for(device)
     sizes = tuple(sizes_from(ns.sizes)) if ns.sizes else defaults["sizes"]
-    engines = engines_from_args(ns, device)
+    engines = engines_from_args(ns, cuda_graph=device.startswith("cuda"))
     specs = backends_from_args(ns, defaults["backends"])
     sources = weight_sources_from_args(ns, default=not engines)
     out = out_dir_from(ns.out)
@@ -87,7 +87,7 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     device = device_from_args(ns)
     defaults = defaults_for(device)
     sizes = sizes_from(ns.sizes) if ns.sizes else list(defaults["sizes"])
-    engines = engines_from_args(ns, "cpu")  # one-off inputs of many sizes: no CUDA graphs
+    engines = engines_from_args(ns, cuda_graph=False)  # one-off inputs of many sizes: no graph to replay
     backends = [s.name for s in backends_from_args(ns, "" if engines else defaults["backends"])]
     sources = weight_sources_from_args(ns)
     networks = [load_lseg(weights, variant=variant) for weights, variant in sources]
@@ -99,14 +99,14 @@ def run_fidelity(ns: argparse.Namespace) -> int:
     for lseg in networks:
         own = [(source, spec) for source, spec in engines if engine_of(source, lseg)]
         found, missing = run_fidelity(lseg, backends, samples(), sizes, device, ns.cache, out, own)
+        for source, spec in own:  # one engine per backend name and network (run_fidelity checks)
+            _keep_verdict(source, [c for c in found if c.candidate == spec.name])
         comparisons += found
         skipped.update(missing)
     if not comparisons:
         raise LsegTrtError(
             "no backend besides torch fp32 could run here: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
         )
-    for source, spec in engines:
-        _keep_verdict(source, [c for c in comparisons if c.candidate == spec.name and c.variant == source.info.variant])
     rows = [c.row() for c in comparisons]
     paths = write_report(out, "fidelity", markdown(comparisons, "lseg-trt fidelity"), rows,
                          report_record(hwinfo.collect(), skipped), "comparisons")  # fmt: skip
