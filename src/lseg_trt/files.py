@@ -146,16 +146,57 @@ def file_version(path: str | Path) -> FileVersion | None:
 # the worker processes of a run are handed their coordinator's (`known_sha256s`), as hashing a 1.7 GB
 # checkpoint takes about a second in every process
 _hashed: dict[FileVersion, str] = {}
+# files this large also keep their hash on disk for later processes (`_recall`): every `extract` hashes its
+# checkpoint for the manifest, and the read would otherwise be a second one beside the load itself
+RECALL_FROM_BYTES = 64 << 20
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file, streamed (checkpoints are gigabytes); remembered per `file_version`."""
+    """Hex sha256 of a file, streamed (checkpoints are gigabytes); remembered per `file_version`, by this
+    process and, for large files, in the user's cache folder."""
     version = file_version(path)
     if version is None:
         return _sha256(path)
     if version not in _hashed:
-        _hashed[version] = _sha256(path)
+        recalled = _recall(version) if version[3] >= RECALL_FROM_BYTES else None
+        _hashed[version] = recalled or _sha256(path)
+        if recalled is None and version[3] >= RECALL_FROM_BYTES:
+            _keep(version, _hashed[version])
     return _hashed[version]
+
+
+def user_cache_dir() -> Path:
+    """`$XDG_CACHE_HOME/lseg-trt` (by default `~/.cache/lseg-trt`): what this user's processes share."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(root) / "lseg-trt"
+
+
+def _hash_record(version: FileVersion) -> Path:
+    return user_cache_dir() / "sha256" / (hashlib.sha1(version[0].encode()).hexdigest() + ".json")
+
+
+def _recall(version: FileVersion) -> str | None:
+    """The sha256 an earlier process recorded for exactly this `file_version` (same real path, device, inode,
+    size and times: the trust the feature store puts in a stat), or None."""
+    try:
+        record = json.loads(_hash_record(version).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("version") != list(version):
+        return None
+    sha = record.get("sha256")
+    return sha if isinstance(sha, str) and _SHA256.match(sha) else None
+
+
+def _keep(version: FileVersion, sha: str) -> None:
+    """Record a hash for `_recall`; a cache folder that cannot be written only costs the next process a read."""
+    path = _hash_record(version)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"version": list(version), "sha256": sha})
+    except OSError as e:
+        log.debug("not keeping the sha256 of %s: %s", version[0], e)
 
 
 def known_sha256s() -> dict[FileVersion, str]:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from lseg_trt import compile_workers
 from lseg_trt.backends.base import BackendSpec, Device, GraphCache, Runner, Shape, lseg_of, placed_encoder
 
 if TYPE_CHECKING:
@@ -78,7 +79,49 @@ class TorchCompileRunner(TorchRunner):
         # to eager past its limit, so start each runner afresh.
         torch._dynamo.reset()
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        return torch.compile(model, dynamic=False, options=self.options)
+        return PlannedCompile(torch.compile(model, dynamic=False, options=self.options), self._graph_key)
+
+    def _graph_key(self, x: torch.Tensor) -> dict[str, Any]:
+        """What the code Inductor compiles for `x` depends on, for `lseg_trt.compile_workers`' record."""
+        from lseg_trt._version import __version__
+        from lseg_trt.models.fused import GRAPH
+
+        device = self.device
+        capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+        return {
+            "config": repr(self.source.config),
+            "precision": self.spec.precision,
+            "fused": self.fused,
+            "raw_head1": self.raw,
+            "shape": list(x.shape),
+            "input": [str(x.dtype), x.is_contiguous(memory_format=torch.channels_last)],
+            "device": [device.type, capability],
+            "options": self.options,
+            "torch": torch.__version__,
+            "lseg_trt": [__version__, GRAPH],
+        }
+
+
+class PlannedCompile:
+    """A `torch.compile`d callable whose first call per input shape, where Inductor compiles, runs with
+    compile workers only if this cache has not compiled that graph before (`lseg_trt.compile_workers`)."""
+
+    def __init__(
+        self, compiled: Callable[[torch.Tensor], torch.Tensor], key_of: Callable[[torch.Tensor], dict]
+    ) -> None:
+        self.compiled, self.key_of = compiled, key_of
+        self.seen: set[tuple[tuple[int, ...], torch.dtype]] = set()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        seen = (tuple(x.shape), x.dtype)
+        if seen in self.seen:
+            return self.compiled(x)
+        key = self.key_of(x)
+        compile_workers.plan(key)
+        out = self.compiled(x)
+        compile_workers.remember(key)
+        self.seen.add(seen)
+        return out
 
 
 class FusedTorchRunner(TorchRunner):

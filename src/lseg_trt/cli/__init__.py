@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -83,3 +85,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"lseg-trt {ns.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def entry() -> None:
+    """The console script (and `python -m lseg_trt.cli`): `main`, then `leave`."""
+    leave(main())
+
+
+def leave(code: int) -> None:
+    """Exit with `code`, skipping the interpreter's teardown where nothing can still be lost.
+
+    Everything a command writes is durable before it returns (renamed into place, fsynced), and stdout,
+    stderr and logging are flushed here. What is left is freeing torch's thousands of modules, the CUDA
+    context and Inductor's compile workers: 1.3-1.7 s for a bare `import torch._inductor.compile_fx` on
+    the 2-core machine, and part of the 12 s from last write to exit that issue 24 measured on an H100.
+    The normal exit stays where its teardown does work: a thread other than this one still running (Python
+    waits for non-daemon threads), child processes, or Ray (its exit handler stops a local cluster).
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if busy or "ray" in sys.modules or _has_children():
+        sys.exit(code)
+    from lseg_trt import compile_workers
+
+    compile_workers.stop()
+    logging.shutdown()
+    os._exit(code)
+
+
+def _has_children() -> bool:
+    if "multiprocessing" not in sys.modules:
+        return False
+    import multiprocessing
+
+    return bool(multiprocessing.active_children())

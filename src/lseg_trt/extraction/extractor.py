@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from lseg_trt import compile_workers
 from lseg_trt.backends import Runner, backend_for, make_runner
 from lseg_trt.backends.auto import AUTO, choose
 from lseg_trt.backends.base import default_device, is_oom
@@ -174,6 +175,7 @@ class FeatureExtractor:
                     f"{self.device}; lower --batch or the size"
                 ) from None
             self.feature_shape = tuple(features.shape[1:])  # type: ignore[assignment]
+            compile_workers.stop()  # warm: a pool Inductor started would only slow the run and its exit
             declared = self._declared_shape()
             if declared is not None and declared != self.feature_shape:
                 self.deactivate()
