@@ -1,13 +1,17 @@
 """ONNX -> plan with the TensorRT-RTX builder, which runs for real on a CPU-only machine; builder options.
 
 What is NOT run here: executing an engine (needs a supported GPU; TensorRT-RTX refuses Hopper) and
-full TensorRT 10/11 (not installable here; the same code path is taken wherever `tensorrt` imports).
-The engine cache and sidecars are tested in test_artifacts.py.
+building with full TensorRT (8.x, 10.x, 11.x: their Builder needs CUDA). Stand-in modules play those
+generations with the API facts read off the registry's real wheels on a machine without a GPU
+(8.5.3.1, 8.6.0 and 8.6.1, 10.0.1, 10.16.1.11, 11.0.0.114, 11.4.0.106): which names exist, enum values,
+and what `Builder(logger)` does without a GPU. The engine cache and sidecars are tested in test_artifacts.py.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -43,7 +47,9 @@ def vit_onnx(tiny_vit: LSeg, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_rtx_is_strongly_typed_and_allows_tf32_by_default() -> None:
-    assert not RTX.has_fp16_flag
+    assert not RTX.has_fp16_flag and not RTX.has_implicit_batch
+    strongly_typed = int(RTX.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    assert RTX.network_flags(False) == 0 and RTX.network_flags(True) == 1 << strongly_typed
     config = RTX.module.Builder(RTX.logger()).create_builder_config()
     assert config.get_flag(RTX.builder_flag("TF32"))  # why the builder clears it unless asked
 
@@ -145,25 +151,140 @@ def test_tactic_sources_are_set_named_and_checked(vit_onnx: Path, tmp_path: Path
         engine_for(vit_onnx, BuildOptions(flavour="tensorrt-rtx", profile=SMALL, tactic_sources=("CUDNN",)), tmp_path)
 
 
-def test_explicit_batch_is_asked_for_only_where_implicit_batch_exists() -> None:
-    """TensorRT 8.x keeps implicit batch (its Builder has `max_batch_size`) and has no strongly typed networks;
-    its module cannot load here without a GPU, so a stand-in with 8.5's enum values plays it."""
-    from types import SimpleNamespace
+def enum(**members: int) -> SimpleNamespace:
+    """A stand-in for a pybind11 enum: its members as attributes and in `__members__`."""
+    return SimpleNamespace(__members__=members, **members)
 
-    strongly_typed = int(RTX.module.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    assert not RTX.has_implicit_batch
-    assert RTX.network_flags(False) == 0 and RTX.network_flags(True) == 1 << strongly_typed
-    trt85 = compat.TensorRT(
-        "tensorrt",
-        SimpleNamespace(  # type: ignore[arg-type]
-            __version__="8.5.3.1",
-            Builder=type("Builder", (), {"max_batch_size": 1}),
-            NetworkDefinitionCreationFlag=SimpleNamespace(EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1),
-            BuilderFlag=SimpleNamespace(FP16=0, TF32=7),
-        ),
+
+# What each generation's bindings hold, as read off the registry's wheels (8.6.0 and 8.6.1 agree with 8.5 here,
+# 10.0.1 with 10.16.1.11 except the plugin flags, 11.0.0.114 with 11.4.0.106). 8.x's Builder keeps `max_batch_size`;
+# 10 drops it and makes EXPLICIT_BATCH an ignored flag; 11 drops EXPLICIT_BATCH and FP16, keeps STRONGLY_TYPED
+# (now member 0, ignored: always strongly typed) and only two TacticSources, renumbered.
+GENERATIONS = {
+    "8.5.3.1": dict(
+        builder={"max_batch_size": 1},
+        creation=enum(EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1),
+        flags=enum(FP16=0, DEBUG=2, GPU_FALLBACK=3, DISABLE_TIMING_CACHE=6, TF32=7, SPARSE_WEIGHTS=8),
+        tactics=enum(CUBLAS=0, CUBLAS_LT=1, CUDNN=2, EDGE_MASK_CONVOLUTIONS=3, JIT_CONVOLUTIONS=4),
+    ),
+    "10.16.1.11": dict(
+        builder={},
+        creation=enum(EXPLICIT_BATCH=0, STRONGLY_TYPED=1, PREFER_JIT_PYTHON_PLUGINS=2, PREFER_AOT_PYTHON_PLUGINS=3),
+        flags=enum(FP16=0, DEBUG=2, GPU_FALLBACK=3, DISABLE_TIMING_CACHE=5, TF32=6, SPARSE_WEIGHTS=7),
+        tactics=enum(CUBLAS=0, CUBLAS_LT=1, CUDNN=2, EDGE_MASK_CONVOLUTIONS=3, JIT_CONVOLUTIONS=4),
+    ),
+    "11.4.0.106": dict(
+        builder={},
+        creation=enum(STRONGLY_TYPED=0, PREFER_JIT_PYTHON_PLUGINS=1, PREFER_AOT_PYTHON_PLUGINS=2),
+        flags=enum(DEBUG=2, GPU_FALLBACK=3, DISABLE_TIMING_CACHE=5, TF32=6, SPARSE_WEIGHTS=7),
+        tactics=enum(EDGE_MASK_CONVOLUTIONS=0, JIT_CONVOLUTIONS=1),
+    ),
+}
+CUDA_FAILURE = (
+    "CUDA initialization failure with error: 35. Please check your CUDA installation:  "
+    "http://docs.nvidia.com/cuda/cuda-installation-guide-linux/index.html"
+)
+
+
+def stand_in(version: str) -> ModuleType:
+    """A `tensorrt` module of `version`'s generation on a machine without a GPU: its Builder and Runtime log
+    what 8.5/8.6 log there, then fail as pybind11 does when TensorRT returns none."""
+    facts = GENERATIONS[version]
+
+    def no_cuda(self: object, logger: object) -> None:
+        logger.log(RTX.module.ILogger.Severity.WARNING, CUDA_FAILURE)  # type: ignore[attr-defined]
+        raise TypeError("pybind11::init(): factory function returned nullptr")
+
+    module = ModuleType("tensorrt")
+    module.__dict__.update(
+        __version__=version,
+        ILogger=RTX.module.ILogger,
+        Builder=type("Builder", (), {"__init__": no_cuda, **facts["builder"]}),
+        Runtime=type("Runtime", (), {"__init__": no_cuda}),
+        NetworkDefinitionCreationFlag=facts["creation"],
+        BuilderFlag=facts["flags"],
+        TacticSource=facts["tactics"],
     )
-    assert trt85.has_implicit_batch and trt85.has_fp16_flag
-    assert trt85.network_flags(False) == trt85.network_flags(True) == 1  # no strong typing to ask for
+    return module
+
+
+ALL_TACTICS = ["CUBLAS", "CUBLAS_LT", "CUDNN", "EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]
+
+
+@pytest.mark.parametrize(
+    "version, implicit_batch, fp16_flag, weak, strong, tactic_sources",
+    [
+        ("8.5.3.1", True, True, 1, 1, ALL_TACTICS),
+        ("10.16.1.11", False, True, 0, 2, ALL_TACTICS),
+        ("11.4.0.106", False, False, 0, 1, ["EDGE_MASK_CONVOLUTIONS", "JIT_CONVOLUTIONS"]),
+    ],
+)
+def test_probes_per_generation(
+    version: str, implicit_batch: bool, fp16_flag: bool, weak: int, strong: int, tactic_sources: list[str]
+) -> None:
+    """Explicit batch is asked for only where implicit batch exists (8.x), strong typing only where the flag
+    exists (none in 8.x; bit 1 in 10, bit 0 in 11); 11 has no FP16 flag and its TacticSource bits moved."""
+    trt = compat.TensorRT("tensorrt", stand_in(version))
+    assert (trt.has_implicit_batch, trt.has_fp16_flag) == (implicit_batch, fp16_flag)
+    assert (trt.network_flags(False), trt.network_flags(True)) == (weak, strong)
+    assert trt.tactic_source_names() == tactic_sources
+    assert trt.tactic_source_mask(("JIT_CONVOLUTIONS",)) == 1 << int(trt.module.TacticSource.JIT_CONVOLUTIONS)
+    tokens = [f.token for f in select_flags(trt, BuildOptions(tf32=True, debug=True), trt.has_fp16_flag)]
+    assert tokens == (["", "tf32", "sparse", "dbg"] if fp16_flag else ["tf32", "sparse", "dbg"])
+
+
+def test_no_gpu_is_one_line_not_a_traceback(
+    vit_onnx: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Without a GPU (or a driver it can use) full TensorRT's Builder and Runtime come back empty, which pybind11
+    reports as a TypeError about a null pointer: the build, the operator probe and the runner say why instead."""
+    from lseg_trt.cli import main
+
+    trt = compat.TensorRT("tensorrt", stand_in("8.5.3.1"))
+    why = r"tensorrt 8\.5\.3\.1 could not create its {} \(CUDA initialization failure with error: 35\..*\): it needs"
+    with pytest.raises(LsegTrtError, match=why.format("Builder") + ".*--flavour tensorrt-rtx"):
+        plan_from_onnx(trt, vit_onnx, BuildOptions(), [], strongly_typed=False)
+    with pytest.raises(LsegTrtError, match=why.format("Builder")):
+        trt.parser_supports("LayerNormalization")  # its logger shows only errors, but keeps the warning that says why
+    with pytest.raises(LsegTrtError, match=why.format("Runtime")):
+        trt.create("Runtime", trt.logger())
+    wrong_call = compat.TensorRT("tensorrt", ModuleType("tensorrt"))
+    wrong_call.module.Builder = type("Builder", (), {})  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="takes no arguments"):
+        wrong_call.create("Builder", trt.logger())  # a TypeError that is not TensorRT's empty answer stays a bug
+
+    monkeypatch.setitem(sys.modules, "tensorrt", stand_in("10.16.1.11"))
+    compat._import.cache_clear()
+    try:
+        code = main(["build", "--onnx", str(vit_onnx), "--flavour", "tensorrt", "--out", str(tmp_path), "--no-fp16"])
+    finally:
+        compat._import.cache_clear()
+    err = capfd.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "lseg-trt build: error: tensorrt 10.16.1.11 could not create its Builder (CUDA initialization" in err
+
+
+def test_a_tensorrt_that_does_not_import_is_not_called_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The registry's 8.5/8.6 wheels load cuBLAS and cuDNN from other wheels; without them `import tensorrt` fails
+    naming the library, and the message must not say TensorRT is not installed."""
+    (tmp_path / "tensorrt").mkdir()
+    (tmp_path / "tensorrt" / "__init__.py").write_text(
+        'raise ImportError("libcublas.so.11: cannot open shared object file: No such file or directory")\n'
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "tensorrt", raising=False)
+    compat._import.cache_clear()
+    try:
+        with pytest.raises(
+            LsegTrtError, match=r"tensorrt is installed but does not import \(libcublas\.so\.11: cannot"
+        ):
+            compat.load("tensorrt")
+        compat._import.cache_clear()
+        monkeypatch.setitem(sys.modules, "tensorrt", None)
+        with pytest.raises(LsegTrtError, match="tensorrt is not installed"):
+            compat.load("tensorrt")
+    finally:
+        compat._import.cache_clear()
 
 
 def test_operators_the_parser_lacks_are_refused_with_the_opset_hint(vit_onnx: Path) -> None:

@@ -71,9 +71,8 @@ class TensorRTRunner(Runner):
         if self.device.type != "cuda" or not torch.cuda.is_available():
             raise LsegTrtError(f"{self.name}: running a TensorRT engine needs an NVIDIA GPU (device {self.device})")
         trt = load(self.record.flavour)
-        m = trt.module
         self.logger = trt.logger()
-        self.runtime = m.Runtime(self.logger)
+        self.runtime = trt.create("Runtime", self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(self.engine_path.read_bytes())
         if self.engine is None:
             raise LsegTrtError(f"{trt.describe()} cannot load {self.engine_path.name} on this GPU (see its log)")

@@ -1,1 +1,1 @@
-"""ONNX -> TensorRT engines (TensorRT 10.x, 11.x and TensorRT-RTX) and the engine runner."""
+"""ONNX -> TensorRT engines (TensorRT 8.5 to 11.x and TensorRT-RTX) and the engine runner."""

@@ -89,7 +89,7 @@ def plan_from_onnx(
     optimisation profile."""
     m = trt.module
     logger = trt.logger()
-    builder = m.Builder(logger)
+    builder = trt.create("Builder", logger)
     network = builder.create_network(trt.network_flags(strongly_typed))
     parser = m.OnnxParser(network, logger)
     check_operators(trt, parser, op_types, onnx_path.name)

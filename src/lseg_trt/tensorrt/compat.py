@@ -2,11 +2,16 @@
 
 `tensorrt` 8.5-10.x has `BuilderFlag.FP16` (weakly typed networks may pick fp16 kernels); TensorRT 11 and
 TensorRT-RTX (`tensorrt_rtx_bindings`, which also builds ahead-of-time on a machine without a GPU)
-build only strongly typed networks, so precision comes from the ONNX file's own types. TensorRT 8.x
-(JetPack 5's, and the first with Hopper kernels) still defaults to implicit-batch networks, has no
-strongly typed ones, and its ONNX parser lacks some operators (LayerNormalization, opset 17).
+build only strongly typed networks, so precision comes from the ONNX file's own types (11 keeps
+`STRONGLY_TYPED`, now member 0, as an ignored flag, and drops `EXPLICIT_BATCH`). TensorRT 8.x
+(JetPack 5's, and the first with Hopper kernels) still defaults to implicit-batch networks and has no
+strongly typed ones; 8.5's ONNX parser lacks LayerNormalization (opset 17), 8.6's has it.
 Everything else asks this module what the installed flavour can do, by probing its API; nothing
 parses version strings.
+
+`tensorrt` needs CUDA before it builds anything: without a GPU and driver it can use, `Builder` and
+`Runtime` come back empty (pybind11 raises TypeError "factory function returned nullptr" after TensorRT
+logs "CUDA initialization failure with error: 35"), which `create` turns into a one-line error.
 """
 
 from __future__ import annotations
@@ -85,6 +90,25 @@ class TensorRT:
             )
         return sum(1 << int(getattr(self.module.TacticSource, n)) for n in names)
 
+    def create(self, kind: str, logger):  # noqa: ANN001, ANN201 - a trt.ILogger; a trt.Builder or trt.Runtime
+        """`Builder` or `Runtime` for `logger` (one of ours), or an LsegTrtError where TensorRT makes none:
+        it returns none when CUDA cannot start (no GPU, no driver, one too old), and pybind11 turns that into
+        a TypeError that names nothing but a null pointer."""
+        try:
+            made = getattr(self.module, kind)(logger)
+        except TypeError as e:
+            if "nullptr" not in str(e):
+                raise  # a wrong call is our bug, not the user's machine
+            made = None
+        if made is None:
+            said = logger.messages[-1].strip() if logger.messages else "it logged no reason"
+            other = "; TensorRT-RTX (--flavour tensorrt-rtx) builds without one" if self.flavour == "tensorrt" else ""
+            raise LsegTrtError(
+                f"{self.describe()} could not create its {kind} ({said}): it needs an NVIDIA GPU and a driver "
+                f"it can use{other}"
+            )
+        return made
+
     def parser_supports(self, op_type: str) -> bool:
         """Whether this flavour's ONNX parser imports `op_type` (asked of a parser on an empty network)."""
         return _parser_supports(self, op_type)
@@ -99,22 +123,26 @@ class TensorRT:
         return f"{self.flavour} {self.version}"
 
     def logger(self, min_severity: str = "WARNING"):  # noqa: ANN201 - a trt.ILogger
-        """A logger that prints TensorRT's messages to stderr (never stdout, which carries results) and
-        keeps them in `.messages`, so a failure can be explained by what TensorRT said."""
-        return _stderr_logger_class(self.module)(self.flavour, int(getattr(self.module.ILogger.Severity, min_severity)))
+        """A logger that prints TensorRT's messages from `min_severity` up to stderr (never stdout, which
+        carries results) and keeps them, warnings always included, in `.messages`, so a failure can be
+        explained by what TensorRT said (8.x says why CUDA failed in a warning)."""
+        severity = self.module.ILogger.Severity
+        shown = int(getattr(severity, min_severity))
+        return _stderr_logger_class(self.module)(self.flavour, shown, max(shown, int(severity.WARNING)))
 
 
 @cache
 def _stderr_logger_class(module: ModuleType) -> type:
     class StderrLogger(module.ILogger):  # type: ignore[name-defined,misc]
-        def __init__(self, flavour: str, min_severity: int) -> None:
+        def __init__(self, flavour: str, min_severity: int, keep_severity: int) -> None:
             module.ILogger.__init__(self)
-            self.flavour, self.min_severity = flavour, min_severity
+            self.flavour, self.min_severity, self.keep_severity = flavour, min_severity, keep_severity
             self.messages: list[str] = []
 
         def log(self, severity, msg: str) -> None:  # noqa: ANN001 - a trt.ILogger.Severity
-            if int(severity) <= self.min_severity:
+            if int(severity) <= self.keep_severity:
                 self.messages.append(msg)
+            if int(severity) <= self.min_severity:
                 print(f"[{self.flavour}] {severity.name}: {msg}", file=sys.stderr, flush=True)
 
     return StderrLogger
@@ -123,7 +151,7 @@ def _stderr_logger_class(module: ModuleType) -> type:
 @cache
 def _parser_supports(trt: TensorRT, op_type: str) -> bool:
     logger = trt.logger("ERROR")
-    network = trt.module.Builder(logger).create_network(trt.network_flags(False))
+    network = trt.create("Builder", logger).create_network(trt.network_flags(False))
     return not trt.unsupported_operators(trt.module.OnnxParser(network, logger), frozenset({op_type}))
 
 
@@ -132,7 +160,14 @@ def _import(flavour: str) -> TensorRT:
     try:
         module = importlib.import_module(FLAVOURS[flavour])
     except ImportError as e:
-        raise MissingDependencyError(f"{flavour} is not installed ({e}); {INSTALL_HINT[flavour]}") from None
+        if isinstance(e, ModuleNotFoundError) and e.name == FLAVOURS[flavour]:
+            raise MissingDependencyError(f"{flavour} is not installed ({e}); {INSTALL_HINT[flavour]}") from None
+        # e.g. the registry's tensorrt 8.5/8.6 wheels without their nvidia-cublas/cudnn wheels: "libcublas.so.11:
+        # cannot open shared object file"; or the tensorrt meta package without tensorrt_bindings
+        raise MissingDependencyError(
+            f"{flavour} is installed but does not import ({e}): install what it names (the nvidia-* packages its "
+            f"wheel depends on), or put those libraries on LD_LIBRARY_PATH"
+        ) from None
     return TensorRT(flavour, module)
 
 
