@@ -20,11 +20,13 @@ stage() { echo "=== $(date +%T) $*"; }
 python3 -m lseg_trt.cli hwinfo > "$res/hwinfo.md" 2>&1
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv >> "$res/hwinfo.md" 2>&1
 
+PROFILE="--min-shape 1x3x256x256 --opt-shape 1x3x480x480 --max-shape 8x3x1024x1024"  # engine()'s, unless given
 engine() {  # VARIANT PRECISION_FLAGS... -> path of the built engine (log in $res/build-*.log)
   local variant=$1; shift
-  local tag; tag=$(echo "$variant $*" | tr -c 'a-z0-9\n' '-')
+  local tag; tag=$(echo "$variant $* $PROFILE" | tr -c 'a-z0-9\n' '-' | cut -c1-120)
+  # shellcheck disable=SC2086 # the profile is three options
   $L build --onnx "models/onnx/lseg_${variant}_random_fp32.onnx" --tactic-sources none --timing-cache "$timing" \
-    --min-shape 1x3x256x256 --opt-shape 1x3x480x480 --max-shape 8x3x1024x1024 --out models/engines "$@" \
+    $PROFILE --out models/engines "$@" \
     2> "$res/build-$tag.log" | tail -1
   grep -v "^\[tensorrt\] WARNING" "$res/build-$tag.log" | tail -3 >&2
   mkdir -p "$res/engines"; cp models/engines/*.json "$res/engines/" 2>/dev/null  # sidecars: build time, size
@@ -51,6 +53,10 @@ bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
   --backends torch,torch-compile-fp16+graph --engine "$rn16"
 fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
 python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
+stage "RN101-ZS: an engine whose one profile is 1x3x480x480 (issue 22's hand-made 1.512 ms engine had it)"
+rnst=$(PROFILE="--min-shape 1x3x480x480 --opt-shape 1x3x480x480 --max-shape 1x3x480x480" engine rn101_zs)
+echo "$rnst"
+bench bench-rn101-static480 --sizes 480 --engine "$rnst" --engine "$rn16"
 [ "$only" = rn101 ] && { stage "done"; exit 0; }
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
   python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \
@@ -84,6 +90,9 @@ extract_end_to_end "$vit16" vit-fp16
 stage "downstream recipes batched vs their projects' loops (issue 25), torch backends"
 python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
   2> "$res/recipes.log" | tail -30
+
+stage "fixed cost of a run, stage by stage, before and after (issue 24)"
+[ -d .fixed_cost/before/src ] && bash benchmarks/fixed_cost.sh "$res/fixed_cost" 1 | tail -45
 
 stage "ViT-L/16: fp32 engines, TF32 off and on"
 vit32=$(engine vit_l16 --no-fp16); echo "$vit32"
