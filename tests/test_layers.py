@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, ...]] = [
     ),
     ("images", "models", "tensorrt.compat", "tensorrt.options"),
     ("export", "tensorrt.builder", "info", "segment"),
-    ("onnx_cache", "engines", "artifacts", "compiled_cache"),
+    ("onnx_cache", "engines", "artifacts", "compiled_cache", "compile_workers"),
     ("backends",),
     ("bench", "bench_report", "fidelity", "compare", "figures", "extraction", "webdemo"),
     ("cli",),
