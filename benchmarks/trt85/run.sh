@@ -43,21 +43,41 @@ warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU 
     --no-ceiling --out /tmp/trt85/warm "${@:2}" > /dev/null 2>&1
 }
 
-stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export beside it (CPU work)"
-[ "$only" = all ] && { export_onnx vit_l16 > "$res/export-vit.log" 2>&1 & }
+stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export and issue 24's inputs beside it (CPU work)"
+[ "$only" = all ] && { export_onnx vit_l16 > "$res/export-vit.log" 2>&1 & vitexp=$!; }
+[ "$only" = all ] && [ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep.log" 2>&1 & prep=$!; }
 export_onnx rn101_zs
 warm rn101_zs --sizes 480 1024 &
-rn16=$(engine rn101_zs); echo "$rn16"; wait
+warmed=$!
+rn16=$(engine rn101_zs); echo "$rn16"; wait $warmed
 stage "RN101-ZS: bench and fidelity, fp16 engine beside torch"
 bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
   --backends torch,torch-compile-fp16+graph --engine "$rn16"
 fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
-python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
-stage "RN101-ZS: an engine whose one profile is 1x3x480x480 (issue 22's hand-made 1.512 ms engine had it)"
-rnst=$(PROFILE="--min-shape 1x3x480x480 --opt-shape 1x3x480x480 --max-shape 1x3x480x480" engine rn101_zs)
-echo "$rnst"
-bench bench-rn101-static480 --sizes 480 --engine "$rnst" --engine "$rn16"
 [ "$only" = rn101 ] && { stage "done"; exit 0; }
+
+stage "ViT-L/16: fp16 engine"
+wait "$vitexp"; cat "$res/export-vit.log"
+(warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
+warmed=$!
+vit16=$(engine vit_l16); echo "$vit16"; wait $warmed
+stage "ViT-L/16: bench b1 and b8, fidelity"
+bench bench-vit-b1 --weights random --variant vit_l16 --sizes 480 480x640 1024 \
+  --backends torch,torch-compile-fp16+graph --engine "$vit16"
+bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 \
+  --backends torch,torch-compile-fp16+graph --engine "$vit16"
+fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
+
+stage "downstream recipes batched vs their projects' loops (issue 25), torch backends"
+python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
+  2> "$res/recipes.log" | tail -30
+
+stage "fixed cost of a run, stage by stage, before and after (issue 24)"
+if [ -n "${prep:-}" ]; then
+  wait "$prep"; tail -3 "$res/fixed_cost-prep.log"
+  bash benchmarks/fixed_cost.sh "$res/fixed_cost" 1 image | tail -45
+fi
+
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
   python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \
     --batch 8 --frames 512 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-$2" \
@@ -67,32 +87,21 @@ extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-o
     --out "/tmp/trt85/extract-$2" > "$res/extract-$2.log" 2>&1
   tail -4 "$res/extract-$2.log"
 }
+stage "extract --engine end to end; layer profiles"
+extract_end_to_end "$vit16" vit-fp16
 extract_end_to_end "$rn16" rn101-fp16
+python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
+python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
+
+stage "RN101-ZS: an engine whose one profile is 1x3x480x480 (issue 22's hand-made 1.512 ms engine had it)"
+rnst=$(PROFILE="--min-shape 1x3x480x480 --opt-shape 1x3x480x480 --max-shape 1x3x480x480" engine rn101_zs)
+echo "$rnst"
+bench bench-rn101-static480 --sizes 480 --engine "$rnst" --engine "$rn16"
 
 stage "RN101-ZS: fp32 engines, TF32 off and on"
 rn32=$(engine rn101_zs --no-fp16); rntf=$(engine rn101_zs --no-fp16 --tf32); echo "$rn32 $rntf"
 bench bench-rn101-b1-fp32 --sizes 480 1024 --engine "$rn32" --engine "$rntf"
 fidelity fidelity-rn101-fp32 --weights random --variant rn101_zs --engine "$rn32" --engine "$rntf"
-
-stage "ViT-L/16: fp16 engine"
-wait; cat "$res/export-vit.log"
-(warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
-vit16=$(engine vit_l16); echo "$vit16"; wait
-stage "ViT-L/16: bench b1 and b8, fidelity, layer profile, extract --engine"
-bench bench-vit-b1 --weights random --variant vit_l16 --sizes 480 480x640 1024 \
-  --backends torch,torch-compile-fp16+graph --engine "$vit16"
-bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 \
-  --backends torch,torch-compile-fp16+graph --engine "$vit16"
-fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
-python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
-extract_end_to_end "$vit16" vit-fp16
-
-stage "downstream recipes batched vs their projects' loops (issue 25), torch backends"
-python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
-  2> "$res/recipes.log" | tail -30
-
-stage "fixed cost of a run, stage by stage, before and after (issue 24)"
-[ -d .fixed_cost/before/src ] && bash benchmarks/fixed_cost.sh "$res/fixed_cost" 1 | tail -45
 
 stage "ViT-L/16: fp32 engines, TF32 off and on"
 vit32=$(engine vit_l16 --no-fp16); echo "$vit32"
