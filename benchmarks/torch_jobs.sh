@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The GPU work of issues 24 and 25, which needs no TensorRT: the recipes batched against their projects' loops,
+# then a run's fixed cost before and after. Started in a session of its own (it outlives the device call), writing
+# into /tmp/torch_jobs/results like trt85/run.sh, so trt85/collect.sh brings it back:
+#   bash benchmarks/torch_jobs.sh start [fixed-cost conditions]     then
+#   COLLECT_ROOT=/tmp/torch_jobs bash benchmarks/trt85/collect.sh SECONDS
+set -uo pipefail
+root=/tmp/torch_jobs
+if [ "${1:-}" = start ]; then
+  mkdir -p "$root/results"; rm -f "$root/done"
+  setsid nohup bash -c "bash benchmarks/torch_jobs.sh run ${2:-image} > $root/results/run.log 2>&1; touch $root/done" \
+    < /dev/null > /dev/null 2>&1 &
+  echo "started (log: $root/results/run.log)"; exit 0
+fi
+res=$root/results
+source benchmarks/device_env.sh
+export TORCHINDUCTOR_CACHE_DIR=$root/inductor
+stage() { echo "=== $(date +%T) $*"; }
+python3 -m lseg_trt.cli hwinfo > "$res/hwinfo.md" 2>&1
+[ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep.log" 2>&1 & prep=$!; }
+stage "downstream recipes batched vs their projects' loops (issue 25)"
+python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
+  2> "$res/recipes.log" | tail -30
+stage "fixed cost of a run, stage by stage, before and after (issue 24)"
+if [ -n "${prep:-}" ]; then
+  wait "$prep"; tail -3 "$res/fixed_cost-prep.log"
+  bash benchmarks/fixed_cost.sh "$res/fixed_cost" 1 "${2:-image}" | tail -45
+fi
+stage "done"
