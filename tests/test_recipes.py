@@ -15,6 +15,7 @@ import recipe_reference
 from lseg_trt.artifacts import ModelSource
 from lseg_trt.backends import make_runner, parse_backend
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.cv2_resize import cv2_linear
 from lseg_trt.extraction.multicrop import RecipeRunner
 from lseg_trt.extraction.recipes import RECIPES, get_recipe
 from lseg_trt.metrics import compare_features
@@ -55,7 +56,9 @@ CASES = [  # recipe, image (H, W), overrides for the runner, the same settings f
     ("vlmaps", (75, 101), SMALL),
     ("openscene", (45, 64), {}),
     ("lseg-minimal", (96, 128), {"input_size": (96, 128)}),
+    ("lseg-minimal", (75, 101), {"input_size": (96, 128)}),  # OpenCV's fixed-point resize of the uint8 frame
     ("conceptfusion", (96, 128), {"input_size": (96, 128), "output_size": (75, 101)}),
+    ("conceptfusion", (150, 202), {"input_size": (96, 128)}),  # gradslam's float64 resize, not rounded
     ("dff", (75, 101), {**SMALL, "input_size": (60, 80), "output_size": (60, 80)}),
     ("dff", (50, 70), {**SMALL, "input_size": (60, 80), "output_size": (60, 80), "scales": (0.75, 1.25)}),  # narrow
     ("feature-3dgs", (75, 101), {**SMALL, "input_size": (60, 80)}),
@@ -110,6 +113,28 @@ def test_real_settings(tiny_vit: LSeg, name: str, size: tuple[int, int]) -> None
     check_exact(out, reference(tiny_vit, name, image, {}))
     expected = {"langseg-eval": (512, 90, 120), "dff": (512, 360, 480), "openscene": (512, 240, 320)}[name]
     assert tuple(out.shape) == (tiny_vit.config.out_c, *expected[1:])
+
+
+CV2 = np.load(Path(__file__).parent / "fixtures" / "cv2_resize.npz")  # real cv2.resize outputs
+
+
+@pytest.mark.parametrize("key", [k for k in CV2.files if k.count("/") == 2])
+def test_opencv_resize_is_bit_exact(key: str) -> None:
+    """lseg-minimal's and ConceptFusion's `cv2.resize`, reproduced without OpenCV: the package's version
+    and the test reference both equal OpenCV's own output, the uint8 path to the level (a bilinear filter
+    rounded to uint8 is one level off in about one pixel in ten) and the float64 one after gradslam's
+    cast to float32."""
+    name, kind, size = key.split("/")
+    h, w = map(int, size.split("x"))
+    source, expected = CV2[f"{name}/source"], CV2[key]
+    got = cv2_linear(torch.from_numpy(source).permute(2, 0, 1)[None], (h, w), fixed=kind == "u8")
+    got = got[0].permute(1, 2, 0).numpy()
+    if kind == "u8":
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(recipe_reference.opencv_resize_u8(source, h, w), expected)
+    else:
+        np.testing.assert_array_equal(got.astype(np.float32), expected)
+        np.testing.assert_array_equal(recipe_reference.opencv_resize_f64(source, h, w).astype(np.float32), expected)
 
 
 def test_the_default_row_is_the_single_pass(tiny_vit: LSeg) -> None:

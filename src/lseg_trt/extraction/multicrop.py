@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from lseg_trt.backends import Runner
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.cv2_resize import cv2_linear
 from lseg_trt.extraction.preprocess import network_input
 from lseg_trt.extraction.recipes import Recipe, ScalePlan, plan_scale
 from lseg_trt.models import LOGIT_SCALE
@@ -54,16 +55,6 @@ def crop_tensor(tensor: str, out: torch.Tensor) -> torch.Tensor:
         raised = up2(out)
         return raised / torch.linalg.vector_norm(raised, dim=1, keepdim=True)
     return up2(out)  # "up2"
-
-
-def cv2_linear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`cv2.resize(INTER_LINEAR)` of uint8-valued float pixels (B, 3, H, W): half-pixel centres, no
-    antialiasing, rounded half up to integers. OpenCV computes with 11-bit fixed-point weights, so a
-    pixel may differ by one level where the image is not already at `size` (OpenCV is not a dependency)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    resized = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return torch.floor(resized + 0.5).clamp_(0, 255)
 
 
 @dataclass
@@ -137,10 +128,10 @@ class RecipeRunner:
             raise LsegTrtError(f"an image must be uint8 (H, W, 3), not {image.dtype} {tuple(image.shape)}")
         if r.resize == "network":
             return network_input(image[None], r.input_size, self.mean, self.std)  # type: ignore[arg-type]
-        x = image.permute(2, 0, 1)[None].float()
-        if r.resize == "cv2":
-            x = cv2_linear(x, r.input_size)  # type: ignore[arg-type]
-        x = x / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
+        x = image.permute(2, 0, 1)[None]
+        if r.resize in ("cv2", "cv2-float"):  # OpenCV on the uint8 (lseg-minimal) or float64 pixels (gradslam)
+            x = cv2_linear(x, r.input_size, fixed=r.resize == "cv2")  # type: ignore[arg-type]
+        x = x.float() / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
         if r.mean_std:
             x = (x - constant(self.mean, x.device).view(1, 3, 1, 1)) / constant(self.std, x.device).view(1, 3, 1, 1)
         target = r.input_image_size(tuple(x.shape[-2:]))  # type: ignore[arg-type]

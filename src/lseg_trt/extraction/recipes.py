@@ -27,7 +27,9 @@ RESIZES = {
     "none": "no resize: the full-resolution image",
     "exact": "bilinear align_corners=True to input_size, on the normalised image",
     "wider": "as exact, only when the image is wider than input_size (DFF, Feature-3DGS)",
-    "cv2": "cv2.resize INTER_LINEAR to input_size on the uint8 pixels (lseg-minimal, ConceptFusion)",
+    "cv2": "cv2.resize INTER_LINEAR to input_size on the uint8 pixels, OpenCV's fixed point (lseg-minimal)",
+    "cv2-float": "cv2.resize INTER_LINEAR to input_size on the float64 pixels, not rounded (ConceptFusion: "
+    "gradslam's dataset)",
 }
 FLIPS = ("none", "sum", "mean")  # horizontal flip: off, f(x) + flip(f(flip(x))), or that halved
 # What one crop contributes; half-resolution tensors are at crop/2, the others at the crop's size.
@@ -269,8 +271,8 @@ RECIPES: dict[str, Recipe] = {
         ),
         Recipe(
             "conceptfusion",
-            "ConceptFusion: as lseg-minimal, raw head1 kept (optionally resized with --output-size)",
-            resize="cv2",
+            "ConceptFusion: gradslam's float cv2 resize to 640x480, raw head1 kept (resized with --output-size)",
+            resize="cv2-float",
             mean_std=False,
             tensor="raw",
         ),
