@@ -182,6 +182,8 @@ def reference(head1: Net, mean: tuple, std: tuple, name: str, image: torch.Tenso
         if name == "langseg-eval":
             scales = s.get("scales", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
             x = to_tensor_normalize(image, mean, std)
+            if "input_size" in s:  # lang-seg's app: torchvision 0.10's Resize of the normalised tensor
+                x = F.interpolate(x, s["input_size"], mode="bilinear", align_corners=False)
             out = multi_eval(x, lambda c: resize(unit(head1(c)), c.shape[2], c.shape[3]), mean, std, **tiled,
                              scales=scales, flip="sum")  # fmt: skip
             return out[0] / (2 * len(scales))

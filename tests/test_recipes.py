@@ -55,6 +55,7 @@ CASES = [  # recipe, image (H, W), overrides for the runner, the same settings f
     ("langseg-eval", (101, 75), {**SMALL, "scales": (1.0, 1.75)}),  # portrait: the other branch of the long side
     ("vlmaps", (75, 101), SMALL),
     ("openscene", (45, 64), {}),
+    ("langseg-eval", (101, 135), {**SMALL, "scales": (1.0, 1.25), "input_size": (72, 96)}),  # lang-seg's app
     ("lseg-minimal", (96, 128), {"input_size": (96, 128)}),
     ("lseg-minimal", (75, 101), {"input_size": (96, 128)}),  # OpenCV's fixed-point resize of the uint8 frame
     ("conceptfusion", (96, 128), {"input_size": (96, 128), "output_size": (75, 101)}),
@@ -278,9 +279,10 @@ def test_extract_recipe_runs_store_resume_and_compare(cli, frames: Path, tmp_pat
 
 
 def test_an_input_size_makes_a_full_resolution_row_resize() -> None:
-    """lang-seg's app resizes to 360x480 first: `--input-size` on a row that takes the full image."""
+    """lang-seg's app resizes to 360x480 first: `--input-size` on a row that takes the full image, resized as
+    the app's torchvision (0.10) `Resize` of the normalised tensor does."""
     recipe = get_recipe("langseg-eval", input_size=(360, 480))
-    assert recipe.resize == "exact" and recipe.output_shape(512, (960, 1280)) == (512, 360, 480)
+    assert recipe.resize == "torchvision" and recipe.output_shape(512, (960, 1280)) == (512, 360, 480)
     assert get_recipe("langseg-eval").output_shape(512, (960, 1280)) == (512, 960, 1280)
 
 

@@ -137,6 +137,8 @@ class RecipeRunner:
         target = r.input_image_size(tuple(x.shape[-2:]))  # type: ignore[arg-type]
         if r.resize in ("exact", "wider") and target != tuple(x.shape[-2:]):
             x = F.interpolate(x, target, mode="bilinear", align_corners=True)
+        elif r.resize == "torchvision":  # torchvision 0.10's Resize of a tensor: no antialiasing
+            x = F.interpolate(x, target, mode="bilinear", align_corners=False)
         return x.contiguous()
 
     def _plan(self, x: torch.Tensor) -> tuple[_Image, list[tuple[int, int, torch.Tensor]]]:

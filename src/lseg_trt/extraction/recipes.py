@@ -27,6 +27,8 @@ RESIZES = {
     "none": "no resize: the full-resolution image",
     "exact": "bilinear align_corners=True to input_size, on the normalised image",
     "wider": "as exact, only when the image is wider than input_size (DFF, Feature-3DGS)",
+    "torchvision": "bilinear align_corners=False, no antialiasing, to input_size on the normalised image "
+    "(lang-seg's app: torchvision 0.10's Resize of a tensor)",
     "cv2": "cv2.resize INTER_LINEAR to input_size on the uint8 pixels, OpenCV's fixed point (lseg-minimal)",
     "cv2-float": "cv2.resize INTER_LINEAR to input_size on the float64 pixels, not rounded (ConceptFusion: "
     "gradslam's dataset)",
@@ -77,13 +79,14 @@ class Recipe:
 
     def with_overrides(self, **overrides: object) -> Recipe:
         """This row with the fields given (None values ignored), checked. An input size given to a row
-        that does not resize makes it resize to exactly that size (lang-seg's app: 360x480 first)."""
+        that does not resize makes it resize to exactly that size as lang-seg's app does (360x480 first, with
+        torchvision's `Resize` of the normalised tensor)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = sorted(set(given) - {f.name for f in fields(self)})
         if unknown:
             raise LsegTrtError(f"recipe {self.name}: no setting {', '.join(unknown)}")
         if "input_size" in given and self.resize == "none" and "resize" not in given:
-            given["resize"] = "exact"
+            given["resize"] = "torchvision"
         if "scales" in given:
             given["scales"] = tuple(float(s) for s in given["scales"])  # type: ignore[union-attr]
         return replace(self, **given).checked()
