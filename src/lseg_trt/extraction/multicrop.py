@@ -26,6 +26,7 @@ from lseg_trt.extraction.preprocess import network_input
 from lseg_trt.extraction.recipes import Recipe, ScalePlan, plan_scale
 from lseg_trt.models import LOGIT_SCALE
 
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # mean, std the projects hard-code (recipes.NORMALISATIONS)
 BLACK = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std of a recipe without mean/std: pixels / 255
 
 
@@ -82,7 +83,7 @@ class RecipeRunner:
         runner: a backend runner (not necessarily active), switched to raw head1 or unit features as the
             recipe needs (`set_raw_head1`: raw head1 on torch backends only, others raise a user error here).
         recipe: a checked recipe.
-        mean, std: the checkpoint's normalisation (used where the recipe normalises).
+        mean, std: the checkpoint's normalisation (used where the recipe's `normalise` is `checkpoint`).
         batch_size: network inputs per call (a crop and its flip count two); a runner that replays CUDA
             graphs gets every call padded to it.
         call_size: network inputs per call where not `batch_size`. None: one on the CPU, where kernels round
@@ -109,7 +110,7 @@ class RecipeRunner:
             raise LsegTrtError(f"call size {call_size}: must be in 1..batch size ({batch_size})")
         runner.set_raw_head1(recipe.needs_raw)
         self.runner, self.recipe, self.batch_size, self.call_size = runner, recipe, batch_size, call_size
-        self.mean, self.std = (tuple(mean), tuple(std)) if recipe.mean_std else BLACK
+        self.mean, self.std = {"checkpoint": (tuple(mean), tuple(std)), "half": HALF, "none": BLACK}[recipe.normalise]
         self.prepared: set[tuple[int, ...]] = set()
 
     @property
@@ -142,7 +143,7 @@ class RecipeRunner:
         if r.resize in ("cv2", "cv2-float"):  # OpenCV on the uint8 (lseg-minimal) or float64 pixels (gradslam)
             x = cv2_linear(x, r.input_size, fixed=r.resize == "cv2")  # type: ignore[arg-type]
         x = x.float() / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
-        if r.mean_std:
+        if r.normalise != "none":
             x = (x - constant(self.mean, x.device).view(1, 3, 1, 1)) / constant(self.std, x.device).view(1, 3, 1, 1)
         target = r.input_image_size(tuple(x.shape[-2:]))  # type: ignore[arg-type]
         if r.resize in ("exact", "wider") and target != tuple(x.shape[-2:]):
