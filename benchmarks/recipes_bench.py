@@ -95,11 +95,10 @@ def bench_recipe(
     batched = RecipeRunner(runner, recipe, source.info.mean, source.info.std, batch_size=args.batch)
     row: dict[str, Any] = {"recipe": name, "frame": f"{frame[1]}x{frame[0]}", "precision": precision}
     row |= {"backend": backend, "forwards_per_frame": forwards, "frames_per_call": per_call}
-    mean, std = source.info.mean, source.info.std
     timed_loops = {p: loops[p] for p in ("fp32", precision)}
 
     def loop(head1: Any, frames: int) -> list[torch.Tensor]:
-        return [reference(head1, mean, std, name, image, {}) for _ in range(frames)]
+        return [reference(head1, name, image, {}) for _ in range(frames)]
 
     with torch.inference_mode():
         first = batched([image])[0]  # warm-up (and CUDA-graph capture) of the one-frame shapes

@@ -101,23 +101,92 @@ def multi_eval(
     return scores
 
 
+def opencv_positions(dsize: int, ssize: int, fixed: bool) -> list[tuple[int, float]]:
+    """OpenCV's INTER_LINEAR source index and fraction per output pixel: `fx = (dx + 0.5) * scale_x - 0.5`
+    with `scale_x = 1. / inv_scale_x` in double, cast to float on the uint8 path (resize.cpp)."""
+    scale = 1.0 / (dsize / ssize)
+    out = []
+    for d in range(dsize):
+        fx = (d + 0.5) * scale - 0.5
+        if fixed:
+            fx = float(np.float32(fx))
+        sx = math.floor(fx)
+        out.append((sx, fx - sx))
+    return out
+
+
+def opencv_resize_u8(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """`cv2.resize(image, (w, h))` of a uint8 (H, W, C) image, as OpenCV's `resizeGeneric_` computes it:
+    `HResizeLinear` with 11-bit weights (`saturate_cast<short>(cbuf * 2048)`, columns outside the image
+    take the edge pixel), then `VResizeLinear<uchar>` on rows clamped to the image, whose fractions stay."""
+    height, width = image.shape[:2]
+    if (height, width) == (h, w):
+        return image.copy()
+
+    def weights(f: float) -> tuple[int, int]:
+        f32 = np.float32(f)
+        return int(np.rint((np.float32(1) - f32) * np.float32(2048))), int(np.rint(f32 * np.float32(2048)))
+
+    src = image.astype(np.int64)
+    rows = np.empty((height, w, image.shape[2]), np.int64)
+    for dx, (sx, fx) in enumerate(opencv_positions(w, width, True)):
+        if sx < 0:
+            sx, fx = 0, 0.0
+        if sx >= width - 1:
+            sx, fx = width - 1, 0.0
+        a0, a1 = weights(fx)
+        rows[:, dx] = src[:, sx] * a0 + src[:, min(sx + 1, width - 1)] * a1
+    out = np.empty((h, w, image.shape[2]), np.uint8)
+    for dy, (sy, fy) in enumerate(opencv_positions(h, height, True)):
+        b0, b1 = weights(fy)
+        top, bottom = rows[min(max(sy, 0), height - 1)], rows[min(max(sy + 1, 0), height - 1)]
+        out[dy] = (((b0 * (top >> 4)) >> 16) + ((b1 * (bottom >> 4)) >> 16) + 2) >> 2
+    return out
+
+
+def opencv_resize_f64(image: np.ndarray, h: int, w: int) -> np.ndarray:
+    """`cv2.resize(image.astype(float), (w, h))`: OpenCV passes 64-bit linear resizes to IPP, which keeps
+    positions and weights in double and replicates the edge pixels (matches the real cv2, see
+    tests/fixtures/cv2_resize.npz)."""
+    image = image.astype(np.float64)
+    height, width = image.shape[:2]
+    if (height, width) == (h, w):
+        return image
+
+    def taps(dsize: int, ssize: int) -> list[tuple[int, int, float]]:
+        out = []
+        for s, f in opencv_positions(dsize, ssize, False):
+            if s < 0 or s >= ssize - 1:
+                s, f = min(max(s, 0), ssize - 1), 0.0
+            out.append((s, min(s + 1, ssize - 1), f))
+        return out
+
+    rows = np.stack([image[:, s0] * (1 - f) + image[:, s1] * f for s0, s1, f in taps(w, width)], 1)
+    return np.stack([rows[s0] * (1 - f) + rows[s1] * f for s0, s1, f in taps(h, height)], 0)
+
+
 def unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=1, keepdim=True)
 
 
-def reference(head1: Net, mean: tuple, std: tuple, name: str, image: torch.Tensor, s: dict) -> torch.Tensor:
+HALF = (0.5, 0.5, 0.5)  # lang-seg's mean and std, written into every project's code whatever the checkpoint
+
+
+def reference(head1: Net, name: str, image: torch.Tensor, s: dict) -> torch.Tensor:
     """The recipe `name` as its project runs it (doc sections 1-5) on a uint8 (H, W, 3) image on the
     network's device, with the settings `s` (the overridden fields; the row's values otherwise).
 
     Args:
         head1: the network, normalised images (1, 3, H, W) -> raw head1 (1, C, H/2, W/2) float32.
-        mean, std: the checkpoint's normalisation.
     """
+    mean = std = HALF
     tiled = {"base": s.get("base_size", 520), "crop": s.get("crop", 480)}
     with torch.inference_mode():
         if name == "langseg-eval":
             scales = s.get("scales", [0.5, 0.75, 1.0, 1.25, 1.5, 1.75])
             x = to_tensor_normalize(image, mean, std)
+            if "input_size" in s:  # lang-seg's app: torchvision 0.10's Resize of the normalised tensor
+                x = F.interpolate(x, s["input_size"], mode="bilinear", align_corners=False)
             out = multi_eval(x, lambda c: resize(unit(head1(c)), c.shape[2], c.shape[3]), mean, std, **tiled,
                              scales=scales, flip="sum")  # fmt: skip
             return out[0] / (2 * len(scales))
@@ -135,8 +204,14 @@ def reference(head1: Net, mean: tuple, std: tuple, name: str, image: torch.Tenso
             out = multi_eval(x, lambda c: unit(head1(c)), mean, std, base=two_l, crop=two_l, scales=[1.0],
                              flip="sum", grid=True)  # fmt: skip
             return out[0].half()
-        if name in ("lseg-minimal", "conceptfusion"):  # image already 640x480-like: cv2.resize is a no-op
-            x = image.permute(2, 0, 1)[None].float() / 255.0
+        if name in ("lseg-minimal", "conceptfusion"):
+            h, w = s.get("input_size", (480, 640))
+            pixels = image.cpu().numpy()
+            if name == "lseg-minimal":  # cv2.imread's uint8 frame, cv2.resize, float / 255
+                resized = torch.from_numpy(opencv_resize_u8(pixels, h, w)).float()
+            else:  # gradslam: imread as float64, cv2.resize, .type(torch.float); then / 255
+                resized = torch.from_numpy(opencv_resize_f64(pixels, h, w)).float()
+            x = resized.to(image.device).permute(2, 0, 1)[None] / 255.0
             out = head1(x)
             if name == "lseg-minimal":
                 return F.normalize(out, dim=1)[0]

@@ -15,6 +15,7 @@ import recipe_reference
 from lseg_trt.artifacts import ModelSource
 from lseg_trt.backends import make_runner, parse_backend
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.cv2_resize import cv2_linear
 from lseg_trt.extraction.multicrop import RecipeRunner
 from lseg_trt.extraction.recipes import RECIPES, get_recipe
 from lseg_trt.metrics import compare_features
@@ -23,15 +24,16 @@ from lseg_trt.models import LSeg, random_lseg
 # ---- batched against the reference --------------------------------------------------------------
 
 
-def batched(lseg: LSeg, name: str, image: np.ndarray, overrides: dict, batch_size: int = 16) -> torch.Tensor:
+def batched(
+    lseg: LSeg, name: str, image: np.ndarray, overrides: dict, batch_size: int = 16, call_size: int | None = None
+) -> torch.Tensor:
     runner = make_runner(parse_backend("torch"), ModelSource.from_lseg(lseg), "cpu", "models")
     recipe = get_recipe(name, **overrides)
-    return RecipeRunner(runner, recipe, lseg.mean, lseg.std, batch_size=batch_size)([image])[0]
+    return RecipeRunner(runner, recipe, lseg.mean, lseg.std, batch_size=batch_size, call_size=call_size)([image])[0]
 
 
 def reference(lseg: LSeg, name: str, image: np.ndarray, s: dict) -> torch.Tensor:
-    return recipe_reference.reference(lseg.image_encoder.head1_features, lseg.mean, lseg.std, name,
-                                      torch.from_numpy(image), s)  # fmt: skip
+    return recipe_reference.reference(lseg.image_encoder.head1_features, name, torch.from_numpy(image), s)
 
 
 def check_exact(candidate: torch.Tensor, ref: torch.Tensor, rounding: torch.dtype | None = None) -> dict:
@@ -54,8 +56,11 @@ CASES = [  # recipe, image (H, W), overrides for the runner, the same settings f
     ("langseg-eval", (101, 75), {**SMALL, "scales": (1.0, 1.75)}),  # portrait: the other branch of the long side
     ("vlmaps", (75, 101), SMALL),
     ("openscene", (45, 64), {}),
+    ("langseg-eval", (101, 135), {**SMALL, "scales": (1.0, 1.25), "input_size": (72, 96)}),  # lang-seg's app
     ("lseg-minimal", (96, 128), {"input_size": (96, 128)}),
+    ("lseg-minimal", (75, 101), {"input_size": (96, 128)}),  # OpenCV's fixed-point resize of the uint8 frame
     ("conceptfusion", (96, 128), {"input_size": (96, 128), "output_size": (75, 101)}),
+    ("conceptfusion", (150, 202), {"input_size": (96, 128)}),  # gradslam's float64 resize, not rounded
     ("dff", (75, 101), {**SMALL, "input_size": (60, 80), "output_size": (60, 80)}),
     ("dff", (50, 70), {**SMALL, "input_size": (60, 80), "output_size": (60, 80), "scales": (0.75, 1.25)}),  # narrow
     ("feature-3dgs", (75, 101), {**SMALL, "input_size": (60, 80)}),
@@ -66,7 +71,7 @@ def image_of(size: tuple[int, int], seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)
 
 
-RN_CASES = [  # the ResNet variant (ImageNet mean/std: another pad value) on fewer scales
+RN_CASES = [  # the ResNet variant, whose ImageNet mean/std the projects' hard-coded 0.5 replaces, on fewer scales
     ("langseg-eval", (75, 101), {**SMALL, "scales": (0.75, 1.25)}),
     ("openscene", (45, 64), {}),
     ("conceptfusion", (96, 128), {"input_size": (96, 128)}),
@@ -74,11 +79,17 @@ RN_CASES = [  # the ResNet variant (ImageNet mean/std: another pad value) on few
 ]
 
 
-def check_case(lseg: LSeg, name: str, size: tuple[int, int], overrides: dict) -> dict:
+def check_case(lseg: LSeg, name: str, size: tuple[int, int], overrides: dict, call_size: int | None = None) -> dict:
+    """The runner against the reference. On the CPU (call_size None) each crop and flip goes through the
+    network alone, as in the projects' loops: the same bits. Batched calls round differently in the network
+    and so, after VLMaps' fp16 step or an fp16 output, by whole fp16 roundings here and there."""
     image = image_of(size)
     ref = reference(lseg, name, image, overrides)
+    got = batched(lseg, name, image, overrides, batch_size=5, call_size=call_size)
+    if call_size is None:
+        assert torch.equal(got, ref), compare_features(got[None].float(), ref[None].float())
     rounding = torch.float16 if name == "vlmaps" else None
-    return check_exact(batched(lseg, name, image, overrides, batch_size=5), ref, rounding)  # odd: chunks cut pairs
+    return check_exact(got, ref, rounding)
 
 
 @pytest.mark.parametrize(("name", "size", "overrides"), CASES)
@@ -95,6 +106,14 @@ def test_batched_recipe_equals_the_reference_on_the_resnet(
     check_case(tiny_rn, name, size, overrides)
 
 
+@pytest.mark.parametrize(("name", "size", "overrides"), [CASES[1], CASES[2], CASES[-2]])
+def test_batched_calls_agree_with_the_reference(
+    tiny_vit: LSeg, name: str, size: tuple[int, int], overrides: dict
+) -> None:
+    """Batches of crops as on a GPU, on the CPU: five inputs a call, so chunks cut crop/flip pairs."""
+    check_case(tiny_vit, name, size, overrides, call_size=5)
+
+
 REAL = [  # the two big layouts are slow on 2 cores (36 and 26 forwards of 480x480, twice): the SMALL cases cover them
     pytest.param("langseg-eval", (90, 120), marks=pytest.mark.slow),
     pytest.param("dff", (120, 160), marks=pytest.mark.slow),
@@ -107,9 +126,33 @@ def test_real_settings(tiny_vit: LSeg, name: str, size: tuple[int, int]) -> None
     """The rows as they are (520/480/320, all scales; OpenScene's ScanNet 2L = 640)."""
     image = image_of(size, seed=1)
     out = batched(tiny_vit, name, image, {})
-    check_exact(out, reference(tiny_vit, name, image, {}))
+    ref = reference(tiny_vit, name, image, {})
+    assert torch.equal(out, ref)  # on the CPU: one network input per call, as the project's loop
+    check_exact(out, ref)
     expected = {"langseg-eval": (512, 90, 120), "dff": (512, 360, 480), "openscene": (512, 240, 320)}[name]
     assert tuple(out.shape) == (tiny_vit.config.out_c, *expected[1:])
+
+
+CV2 = np.load(Path(__file__).parent / "fixtures" / "cv2_resize.npz")  # real cv2.resize outputs
+
+
+@pytest.mark.parametrize("key", [k for k in CV2.files if k.count("/") == 2])
+def test_opencv_resize_is_bit_exact(key: str) -> None:
+    """lseg-minimal's and ConceptFusion's `cv2.resize`, reproduced without OpenCV: the package's version
+    and the test reference both equal OpenCV's own output, the uint8 path to the level (a bilinear filter
+    rounded to uint8 is one level off in about one pixel in ten) and the float64 one after gradslam's
+    cast to float32."""
+    name, kind, size = key.split("/")
+    h, w = map(int, size.split("x"))
+    source, expected = CV2[f"{name}/source"], CV2[key]
+    got = cv2_linear(torch.from_numpy(source).permute(2, 0, 1)[None], (h, w), fixed=kind == "u8")
+    got = got[0].permute(1, 2, 0).numpy()
+    if kind == "u8":
+        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(recipe_reference.opencv_resize_u8(source, h, w), expected)
+    else:
+        np.testing.assert_array_equal(got.astype(np.float32), expected)
+        np.testing.assert_array_equal(recipe_reference.opencv_resize_f64(source, h, w).astype(np.float32), expected)
 
 
 def test_the_default_row_is_the_single_pass(tiny_vit: LSeg) -> None:
@@ -132,6 +175,7 @@ def test_the_default_row_is_the_single_pass(tiny_vit: LSeg) -> None:
         ({"scales": (1.0, 0.0)}, "each must be a positive number"),
         ({"scales": (-0.5,)}, "each must be a positive number"),
         ({"flip": "twice"}, "flip 'twice'"),
+        ({"normalise": "imagenet"}, "normalise 'imagenet'"),
         ({"bogus": 1}, "no setting bogus"),
     ],
 )
@@ -255,7 +299,7 @@ def test_extract_recipe_runs_store_resume_and_compare(cli, frames: Path, tmp_pat
 def test_an_input_size_makes_a_full_resolution_row_resize() -> None:
     """lang-seg's app resizes to 360x480 first: `--input-size` on a row that takes the full image."""
     recipe = get_recipe("langseg-eval", input_size=(360, 480))
-    assert recipe.resize == "exact" and recipe.output_shape(512, (960, 1280)) == (512, 360, 480)
+    assert recipe.resize == "torchvision" and recipe.output_shape(512, (960, 1280)) == (512, 360, 480)
     assert get_recipe("langseg-eval").output_shape(512, (960, 1280)) == (512, 960, 1280)
 
 

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 
 from lseg_trt.backends import Runner
 from lseg_trt.errors import LsegTrtError
+from lseg_trt.extraction.cv2_resize import cv2_linear
 from lseg_trt.extraction.preprocess import network_input
 from lseg_trt.extraction.recipes import Recipe, ScalePlan, plan_scale
 from lseg_trt.models import LOGIT_SCALE
 
+HALF = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # mean, std the projects hard-code (recipes.NORMALISATIONS)
 BLACK = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # mean, std of a recipe without mean/std: pixels / 255
 
 
@@ -56,16 +58,6 @@ def crop_tensor(tensor: str, out: torch.Tensor) -> torch.Tensor:
     return up2(out)  # "up2"
 
 
-def cv2_linear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`cv2.resize(INTER_LINEAR)` of uint8-valued float pixels (B, 3, H, W): half-pixel centres, no
-    antialiasing, rounded half up to integers. OpenCV computes with 11-bit fixed-point weights, so a
-    pixel may differ by one level where the image is not already at `size` (OpenCV is not a dependency)."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    resized = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    return torch.floor(resized + 0.5).clamp_(0, 255)
-
-
 @dataclass
 class _Scale:
     """One scale of one image being assembled: the sum of its tiles and their count."""
@@ -91,8 +83,13 @@ class RecipeRunner:
         runner: a backend runner (not necessarily active), switched to raw head1 or unit features as the
             recipe needs (`set_raw_head1`: raw head1 on torch backends only, others raise a user error here).
         recipe: a checked recipe.
-        mean, std: the checkpoint's normalisation (used where the recipe normalises).
-        batch_size: network inputs per call (a crop and its flip count two).
+        mean, std: the checkpoint's normalisation (used where the recipe's `normalise` is `checkpoint`).
+        batch_size: network inputs per call (a crop and its flip count two); a runner that replays CUDA
+            graphs gets every call padded to it.
+        call_size: network inputs per call where not `batch_size`. None: one on the CPU, where kernels round
+            differently with the batch size and a batch gains nothing (ViT-L, 480x480, 2 cores: a batch of 4
+            in 39.4 s, four single calls in 39.5 s), so CPU results equal the project's own crop-by-crop
+            loop bit for bit (checked against each project's code); `batch_size` elsewhere.
     """
 
     def __init__(
@@ -103,12 +100,17 @@ class RecipeRunner:
         std: tuple[float, float, float],
         *,
         batch_size: int = 16,
+        call_size: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise LsegTrtError(f"batch size {batch_size}: must be at least 1")
+        if call_size is None:
+            call_size = 1 if runner.device.type == "cpu" else batch_size
+        if not 1 <= call_size <= batch_size:
+            raise LsegTrtError(f"call size {call_size}: must be in 1..batch size ({batch_size})")
         runner.set_raw_head1(recipe.needs_raw)
-        self.runner, self.recipe, self.batch_size = runner, recipe, batch_size
-        self.mean, self.std = (tuple(mean), tuple(std)) if recipe.mean_std else BLACK
+        self.runner, self.recipe, self.batch_size, self.call_size = runner, recipe, batch_size, call_size
+        self.mean, self.std = {"checkpoint": (tuple(mean), tuple(std)), "half": HALF, "none": BLACK}[recipe.normalise]
         self.prepared: set[tuple[int, ...]] = set()
 
     @property
@@ -137,15 +139,17 @@ class RecipeRunner:
             raise LsegTrtError(f"an image must be uint8 (H, W, 3), not {image.dtype} {tuple(image.shape)}")
         if r.resize == "network":
             return network_input(image[None], r.input_size, self.mean, self.std)  # type: ignore[arg-type]
-        x = image.permute(2, 0, 1)[None].float()
-        if r.resize == "cv2":
-            x = cv2_linear(x, r.input_size)  # type: ignore[arg-type]
-        x = x / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
-        if r.mean_std:
+        x = image.permute(2, 0, 1)[None]
+        if r.resize in ("cv2", "cv2-float"):  # OpenCV on the uint8 (lseg-minimal) or float64 pixels (gradslam)
+            x = cv2_linear(x, r.input_size, fixed=r.resize == "cv2")  # type: ignore[arg-type]
+        x = x.float() / 255  # torchvision's ToTensor, then Normalize: (x - mean) / std
+        if r.normalise != "none":
             x = (x - constant(self.mean, x.device).view(1, 3, 1, 1)) / constant(self.std, x.device).view(1, 3, 1, 1)
         target = r.input_image_size(tuple(x.shape[-2:]))  # type: ignore[arg-type]
         if r.resize in ("exact", "wider") and target != tuple(x.shape[-2:]):
             x = F.interpolate(x, target, mode="bilinear", align_corners=True)
+        elif r.resize == "torchvision":  # torchvision 0.10's Resize of a tensor: no antialiasing
+            x = F.interpolate(x, target, mode="bilinear", align_corners=False)
         return x.contiguous()
 
     def _plan(self, x: torch.Tensor) -> tuple[_Image, list[tuple[int, int, torch.Tensor]]]:
@@ -178,7 +182,7 @@ class RecipeRunner:
     def _run(self, states: list[_Image], jobs: list[tuple[int, int, int, torch.Tensor]]) -> None:
         """Every crop through the network, grouped by shape, each batch's results stitched at once."""
         flips = self.recipe.forwards_per_tile
-        per_call = max(1, self.batch_size // flips)
+        per_call = max(1, self.call_size // flips)
         groups: dict[tuple[int, ...], list] = {}
         for job in jobs:
             groups.setdefault(tuple(job[3].shape), []).append(job)
@@ -198,8 +202,11 @@ class RecipeRunner:
                     self._add(states[index], s, t, result[None])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on a batch; padded to `batch_size` for runners that replay CUDA graphs (one shape)."""
+        """The network on a batch, in calls of at most `call_size` inputs (a crop and its flip are two); each
+        call padded to `batch_size` for runners that replay CUDA graphs (one shape)."""
         n = x.shape[0]
+        if n > self.call_size:  # each part copied: the runner may reuse its output buffer
+            return torch.cat([self._forward(part).clone() for part in x.split(self.call_size)])
         if self.runner.spec.cuda_graph and n < self.batch_size:
             x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
         shape = tuple(x.shape)

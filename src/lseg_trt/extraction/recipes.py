@@ -27,7 +27,18 @@ RESIZES = {
     "none": "no resize: the full-resolution image",
     "exact": "bilinear align_corners=True to input_size, on the normalised image",
     "wider": "as exact, only when the image is wider than input_size (DFF, Feature-3DGS)",
-    "cv2": "cv2.resize INTER_LINEAR to input_size on the uint8 pixels (lseg-minimal, ConceptFusion)",
+    "torchvision": "bilinear align_corners=False, no antialiasing, to input_size on the normalised image "
+    "(lang-seg's app: torchvision 0.10's Resize of a tensor)",
+    "cv2": "cv2.resize INTER_LINEAR to input_size on the uint8 pixels, OpenCV's fixed point (lseg-minimal)",
+    "cv2-float": "cv2.resize INTER_LINEAR to input_size on the float64 pixels, not rounded (ConceptFusion: "
+    "gradslam's dataset)",
+}
+# The input's normalisation after /255. The projects write lang-seg's mean = std = 0.5 into their code (the
+# transforms and the pad value -mean/std), whatever checkpoint they load: a row reproducing one keeps it.
+NORMALISATIONS = {
+    "checkpoint": "the checkpoint's mean/std (lseg-trt's single pass)",
+    "half": "mean = std = 0.5 as the projects hard-code it (lang-seg, VLMaps, OpenScene, DFF, Feature-3DGS)",
+    "none": "[0, 1] pixels (lseg-minimal, ConceptFusion)",
 }
 FLIPS = ("none", "sum", "mean")  # horizontal flip: off, f(x) + flip(f(flip(x))), or that halved
 # What one crop contributes; half-resolution tensors are at crop/2, the others at the crop's size.
@@ -58,7 +69,7 @@ class Recipe:
     matches: str  # the project and code it reproduces
     resize: str = "network"  # a key of RESIZES
     input_size: tuple[int, int] | None = (480, 640)  # (H, W) for the resize rules that need one
-    mean_std: bool = True  # normalise with the checkpoint's mean/std after /255 (else [0, 1] pixels)
+    normalise: str = "checkpoint"  # a key of NORMALISATIONS
     tiled: bool = False  # crops, scales and flips of lang-seg's MultiEvalModule; False: one pass on the image
     base_size: int | None = 520  # long side at scale 1; None: twice the image's long side (OpenScene's 2L)
     crop: int | None = 480  # square crop side; None: the base size
@@ -75,13 +86,14 @@ class Recipe:
 
     def with_overrides(self, **overrides: object) -> Recipe:
         """This row with the fields given (None values ignored), checked. An input size given to a row
-        that does not resize makes it resize to exactly that size (lang-seg's app: 360x480 first)."""
+        that does not resize makes it resize to exactly that size as lang-seg's app does (360x480 first, with
+        torchvision's `Resize` of the normalised tensor)."""
         given = {k: v for k, v in overrides.items() if v is not None}
         unknown = sorted(set(given) - {f.name for f in fields(self)})
         if unknown:
             raise LsegTrtError(f"recipe {self.name}: no setting {', '.join(unknown)}")
         if "input_size" in given and self.resize == "none" and "resize" not in given:
-            given["resize"] = "exact"
+            given["resize"] = "torchvision"
         if "scales" in given:
             given["scales"] = tuple(float(s) for s in given["scales"])  # type: ignore[union-attr]
         return replace(self, **given).checked()
@@ -90,6 +102,7 @@ class Recipe:
         """Itself, or a one-line user error naming the first invalid setting."""
         for value, choices, what in (
             (self.resize, RESIZES, "resize"),
+            (self.normalise, NORMALISATIONS, "normalise"),
             (self.flip, FLIPS, "flip"),
             (self.tensor, TENSORS, "tensor"),
             (self.back, BACKS, "back"),
@@ -211,6 +224,7 @@ DFF = Recipe(
     "Distilled Feature Fields encode_images: 4 scales, flip averaged, unit(up2(head1)), 360x480, fp16",
     resize="wider",
     input_size=(360, 480),
+    normalise="half",
     tiled=True,
     scales=(0.75, 1.0, 1.25, 1.75),
     flip="mean",
@@ -231,6 +245,7 @@ RECIPES: dict[str, Recipe] = {
             "lang-seg's multi-scale evaluation (LSeg_MultiEvalModule, ADE20K test mode), features not logits",
             resize="none",
             input_size=None,
+            normalise="half",
             tiled=True,
             scales=(0.5, 0.75, 1.0, 1.25, 1.5, 1.75),
             flip="sum",
@@ -242,6 +257,7 @@ RECIPES: dict[str, Recipe] = {
             "VLMaps get_lseg_feat: one scale, long side 520, 480 tiles, fp16 logit-scaled features",
             resize="none",
             input_size=None,
+            normalise="half",
             tiled=True,
             tensor="vlmaps",
             back="scaled",
@@ -251,6 +267,7 @@ RECIPES: dict[str, Recipe] = {
             "OpenScene's lseg_feature_extraction: crop = 2x the long side, flip summed, unit(head1), fp16",
             resize="none",
             input_size=None,
+            normalise="half",
             tiled=True,
             base_size=None,
             crop=None,
@@ -263,15 +280,15 @@ RECIPES: dict[str, Recipe] = {
             "lseg-minimal",
             "lseg-minimal extract_lseg_features: cv2 640x480, no mean/std, raw head1, then F.normalize",
             resize="cv2",
-            mean_std=False,
+            normalise="none",
             tensor="raw",
             unit_output=True,
         ),
         Recipe(
             "conceptfusion",
-            "ConceptFusion: as lseg-minimal, raw head1 kept (optionally resized with --output-size)",
-            resize="cv2",
-            mean_std=False,
+            "ConceptFusion: gradslam's float cv2 resize to 640x480, raw head1 kept (resized with --output-size)",
+            resize="cv2-float",
+            normalise="none",
             tensor="raw",
         ),
         DFF,
