@@ -167,7 +167,10 @@ def stage_run(ns: argparse.Namespace, src: Path, env: dict[str, str], out: Path)
         *(["--variant", ns.variant] if ns.variant else []),
     ]
     run = timed(cmd, env, None)
-    record = json.loads(next(line[11:] for line in run["stdout"].splitlines() if line.startswith("FIXED_COST ")))
+    lines = [line[11:] for line in run["stdout"].splitlines() if line.startswith("FIXED_COST ")]
+    if not lines:  # the child failed before its record (rc 1 is a traceback there, not skipped items)
+        raise SystemExit(f"the stage child of {src} gave no record:\n{run['stderr'][-3000:]}")
+    record = json.loads(lines[0])
     marks = record["marks"]
     stages = {"interpreter start": marks["started"] - run["launched"]}
     names = list(marks)

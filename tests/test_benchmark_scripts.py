@@ -152,3 +152,20 @@ def test_store_integrity_bench_resumes_an_unchanged_run(tmp_path: Path) -> None:
     record = json.loads((tmp_path / "store_integrity.json").read_text())
     assert record["resume"]["shards"] == 19 and record["resume"]["check_s"][0] > 0
     assert {r["format"] for r in record["per_frame"]} == {"JPEG", "PNG"} and record["per_tensor"]["xxh3-128_ms"] > 0
+
+
+@pytest.mark.slow  # fresh processes, each importing torch: about a minute on 2 cores
+def test_fixed_cost_times_every_stage_of_two_trees(tmp_path: Path, tiny_vit_ckpt: Path) -> None:
+    out = tmp_path / "out"
+    run_script(
+        "fixed_cost.py", str(out), "--weights", str(tiny_vit_ckpt), "--variant", "tiny_vit", "--tree", f"a={ROOT}",
+        "--tree", f"b={ROOT / 'src'}", "--conditions", "image", "--repeats", "1", "--frames", "4", "--size", "64x96",
+        "--device", "cpu", "--backend", "torch", "--commands", "extract", "--scratch", str(tmp_path / "scratch"),
+    )  # fmt: skip
+    record = json.loads((out / "fixed_cost.json").read_text())
+    assert set(record["results"]) == {"a (image)", "b (image)"}
+    for result in record["results"].values():
+        (stages,) = result["stages"]
+        assert stages["stages"]["exit after last write"] >= 0 and stages["stages"]["whole process"] > 0
+        (commands,) = result["commands"]
+        assert commands["extract --pool 4 (4 frames)"]["run_phase_s"] is not None
