@@ -45,7 +45,7 @@ warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU 
 
 stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export and issue 24's inputs beside it (CPU work)"
 [ "$only" = all ] && { export_onnx vit_l16 > "$res/export-vit.log" 2>&1 & vitexp=$!; }
-[ "$only" = all ] && [ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep.log" 2>&1 & prep=$!; }
+[ "$only" = all ] && [ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep-early.log" 2>&1 & prep=$!; }
 export_onnx rn101_zs
 warm rn101_zs --sizes 480 1024 &
 warmed=$!
@@ -68,15 +68,8 @@ bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 
   --backends torch,torch-compile-fp16+graph --engine "$vit16"
 fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
 
-stage "downstream recipes batched vs their projects' loops (issue 25), torch backends"
-python3 benchmarks/recipes_bench.py --out "$res/recipes" --variant vit_l16 --weights random --device cuda \
-  2> "$res/recipes.log" | tail -30
-
-stage "fixed cost of a run, stage by stage, before and after (issue 24)"
-if [ -n "${prep:-}" ]; then
-  wait "$prep"; tail -3 "$res/fixed_cost-prep.log"
-  bash benchmarks/fixed_cost.sh "$res/fixed_cost" 1 image | tail -45
-fi
+[ -n "${prep:-}" ] && wait "$prep"
+bash benchmarks/torch_jobs.sh run "$res" image  # the recipes (issue 25), then the fixed cost (issue 24)
 
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
   python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \

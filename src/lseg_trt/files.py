@@ -159,9 +159,10 @@ def file_sha256(path: str | Path) -> str:
     if version is None:
         return _sha256(path)
     if version not in _hashed:
-        recalled = _recall(version) if version[3] >= RECALL_FROM_BYTES else None
+        large = version[3] >= RECALL_FROM_BYTES
+        recalled = _recall(version) if large else None
         _hashed[version] = recalled or _sha256(path)
-        if recalled is None and version[3] >= RECALL_FROM_BYTES:
+        if large and recalled is None:
             _keep(version, _hashed[version])
     return _hashed[version]
 
