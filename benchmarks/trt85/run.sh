@@ -69,7 +69,9 @@ bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 
 fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
 
 [ -n "${prep:-}" ] && wait "$prep"
-bash benchmarks/torch_jobs.sh run "$res" image  # the recipes (issue 25), then the fixed cost (issue 24)
+# the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine
+# already (while TensorRT's parts were arriving)
+[ -f /tmp/torch_jobs/done ] || bash benchmarks/torch_jobs.sh run "$res" image
 
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
   python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \
