@@ -1,5 +1,5 @@
-# Sourced by the GPU scripts: install carried wheels (.whl/: open_clip_torch, ftfy, wcwidth, missing on
-# the device image) to /tmp/site and put them and src/ on PYTHONPATH.
+# Sourced by the GPU scripts: install carried wheels (.whl/, made by benchmarks/wheels.sh: open_clip_torch, ftfy,
+# wcwidth, simplejpeg, missing on the device image) to /tmp/site and put them and src/ on PYTHONPATH.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site:$PWD/src
@@ -7,3 +7,5 @@ else
   export PYTHONPATH=$PWD/src
 fi
 export PYTHONUNBUFFERED=1
+python3 -c "import open_clip, simplejpeg" 2>/dev/null ||
+  echo "device_env.sh: open_clip or simplejpeg is missing: run benchmarks/wheels.sh here and carry .whl" >&2
