@@ -3,6 +3,7 @@ against the same recipe run crop by crop as its project runs it, on the same dev
 
 Usage: python benchmarks/recipes_bench.py --out DIR [--variant vit_l16] [--weights random] [--device auto]
            [--precisions fp32,fp16] [--recipes all] [--frames 4] [--loop-frames 2] [--batch 16] [--no-graph]
+           [--fp16-backend NAME]
 
 The original loop is tests/recipe_reference.py (lang-seg's `MultiEvalModule` and the projects' own steps,
 one crop per network call in Python), the reference the batched path is tested against on the CPU; here
@@ -80,6 +81,45 @@ def frames_per_s(run: Any, frames: int, device: torch.device) -> float:
     return frames / (time.perf_counter() - start)
 
 
+class NetworkClock:
+    """Time spent in the runner's network calls during a batched call, so a row splits its frame time into
+    network and the rest (crop cutting, up-sampling, stitching, sums): CUDA events around each `infer` (no
+    host wait between calls) on a GPU, the host clock on the CPU, where calls are synchronous. Installed on
+    the runner instance for one call, then removed."""
+
+    def __init__(self, runner: Any, device: torch.device) -> None:
+        self.runner, self.cuda = runner, device.type == "cuda"
+        self.spans: list[tuple[Any, Any]] = []
+
+    def __enter__(self) -> NetworkClock:
+        infer = self.runner.infer
+
+        def timed(x: torch.Tensor) -> torch.Tensor:
+            start = self._mark()
+            out = infer(x)
+            self.spans.append((start, self._mark()))
+            return out
+
+        self.runner.infer = timed
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        del self.runner.infer  # the class's method again
+
+    def _mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self) -> float:
+        if not self.cuda:
+            return sum(end - start for start, end in self.spans)
+        torch.cuda.synchronize()
+        return sum(start.elapsed_time(end) for start, end in self.spans) / 1000
+
+
 def bench_recipe(
     name: str, source: ModelSource, loops: dict[str, Any], precision: str, backend: str, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -109,6 +149,10 @@ def bench_recipe(
         row["pixel_cosine_min"], row["max_abs"] = agreement.pixel_cosine_min, agreement.max_abs
         rounds = max(1, args.frames // per_call)
         row["batched_fps"] = frames_per_s(lambda: [batched(calls) for _ in range(rounds)], rounds * per_call, device)
+        with NetworkClock(runner, device) as clock:
+            batched(calls)
+        row["network_ms_per_frame"] = clock.seconds() * 1000 / per_call
+        row["rest_ms_per_frame"] = 1000 / row["batched_fps"] - row["network_ms_per_frame"]
         row["batched_one_frame_fps"] = frames_per_s(
             lambda: [batched([image]) for _ in range(args.loop_frames)], args.loop_frames, device
         )
@@ -126,11 +170,13 @@ def markdown(record: dict[str, Any]) -> str:
         "# Downstream recipes: batched on the device vs the project's crop-by-crop loop",
         "",
         f"{record['variant']} ({record['weights']} weights) on {record['device']}; frames/s of one frame's "
-        "features; the loop is the project's own (fp32, one crop per call); `x` = batched / loop.",
+        "features; the loop is the project's own (fp32, one crop per call); `x` = batched / loop; a batched "
+        "frame's time split into the network's calls and the rest (cutting, up-sampling, stitching, sums).",
         "",
         "| recipe | frame | output | forwards/frame | precision | backend | batched frames/s (frames/call) | "
-        "batched, one frame/call | loop fp32 | x vs fp32 loop | loop same precision | x vs it | cos min | max-abs |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "network ms/frame | rest ms/frame | batched, one frame/call | loop fp32 | x vs fp32 loop | "
+        "loop same precision | x vs it | cos min | max-abs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in record["rows"]:
         if "error" in r:
@@ -139,7 +185,8 @@ def markdown(record: dict[str, Any]) -> str:
         p = r["precision"]
         lines.append(
             f"| {r['recipe']} | {r['frame']} | {r['output']} | {r['forwards_per_frame']} | {p} | {r['backend']} | "
-            f"{r['batched_fps']:.2f} ({r['frames_per_call']}) | {r['batched_one_frame_fps']:.2f} | "
+            f"{r['batched_fps']:.2f} ({r['frames_per_call']}) | {r['network_ms_per_frame']:.1f} | "
+            f"{r['rest_ms_per_frame']:.1f} | {r['batched_one_frame_fps']:.2f} | "
             f"{r['loop_fp32_fps']:.2f} | {r['speedup_vs_fp32_loop']:.1f} | {r[f'loop_{p}_fps']:.2f} | "
             f"{r[f'speedup_vs_{p}_loop']:.1f} | {r['pixel_cosine_min']:.6f} | {r['max_abs']:.2e} |"
         )
@@ -159,6 +206,8 @@ def main() -> None:
     parser.add_argument("--loop-frames", type=int, default=2, help="frames timed on the loop")
     parser.add_argument("--batch", type=int, default=16, help="network inputs per call of the batched path")
     parser.add_argument("--no-graph", action="store_true", help="fp16 without CUDA graphs")
+    parser.add_argument("--fp16-backend", help="the fp16 rows' backend, e.g. torch-compile-fp16+graph (what "
+                        "`extract --recipe` picks on a GPU; compiles each call shape) [torch-fp16+graph on a GPU]")
     parser.add_argument("--cache", type=Path, default=Path("models"))
     args = parser.parse_args()
     args.device = default_device() if args.device == "auto" else args.device
@@ -174,6 +223,8 @@ def main() -> None:
     for precision in precisions:
         graph = device.type == "cuda" and precision != "fp32" and not args.no_graph
         backend = ("torch" if precision == "fp32" else f"torch-{precision}") + ("+graph" if graph else "")
+        if precision == "fp16" and args.fp16_backend:
+            backend = args.fp16_backend
         for name in names:
             try:
                 row = bench_recipe(name, source, loops, precision, backend, args)

@@ -53,6 +53,7 @@ def test_recipes_bench_runs_on_the_cpu(tmp_path: Path) -> None:
     assert record["machine"] and [r["recipe"] for r in record["rows"]] == ["openscene", "lseg-minimal", "vlmaps"]
     for row in record["rows"]:
         assert row["pixel_cosine_min"] >= 0.99999 and row["batched_fps"] > 0 and row["loop_fp32_fps"] > 0, row
+        assert 0 < row["network_ms_per_frame"] < 2 * 1000 / row["batched_fps"], row  # the network is within a frame
     assert [r["forwards_per_frame"] for r in record["rows"]] == [2, 1, 2]
     assert "| openscene | 320x240 |" in (tmp_path / "recipes_bench.md").read_text()
 

@@ -84,8 +84,10 @@ class RecipeRunner:
             recipe needs (`set_raw_head1`: raw head1 on torch backends only, others raise a user error here).
         recipe: a checked recipe.
         mean, std: the checkpoint's normalisation (used where the recipe's `normalise` is `checkpoint`).
-        batch_size: network inputs per call (a crop and its flip count two); a runner that replays CUDA
-            graphs gets every call padded to it.
+        batch_size: network inputs per call (a crop and its flip count two). Calls are not padded to it: a
+            runner that replays CUDA graphs captures each call shape once, and a run of one frame size has
+            two per crop shape (full calls and the remainder), where padding ran a third more of lang-seg
+            eval's 36 forwards (48) and a one-frame call of lseg-minimal 16 times over (H100, 2026-12-08).
         call_size: network inputs per call where not `batch_size`. None: one on the CPU, where kernels round
             differently with the batch size and a batch gains nothing (ViT-L, 480x480, 2 cores: a batch of 4
             in 39.4 s, four single calls in 39.5 s), so CPU results equal the project's own crop-by-crop
@@ -202,18 +204,14 @@ class RecipeRunner:
                     self._add(states[index], s, t, result[None])
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The network on a batch, in calls of at most `call_size` inputs (a crop and its flip are two); each
-        call padded to `batch_size` for runners that replay CUDA graphs (one shape)."""
-        n = x.shape[0]
-        if n > self.call_size:  # each part copied: the runner may reuse its output buffer
+        """The network on a batch, in calls of at most `call_size` inputs (a crop and its flip are two)."""
+        if x.shape[0] > self.call_size:  # each part copied: the runner may reuse its output buffer
             return torch.cat([self._forward(part).clone() for part in x.split(self.call_size)])
-        if self.runner.spec.cuda_graph and n < self.batch_size:
-            x = torch.cat([x, x.new_zeros((self.batch_size - n, *x.shape[1:]))])
         shape = tuple(x.shape)
         if shape not in self.prepared:
             self.runner.prepare(shape)  # type: ignore[arg-type]
             self.prepared.add(shape)
-        return self.runner.infer(x)[:n]
+        return self.runner.infer(x)
 
     def _add(self, state: _Image, s: int, t: int, result: torch.Tensor) -> None:
         """Stitch one crop's (1, C, ., .) result into its scale, as lang-seg's loop does."""
