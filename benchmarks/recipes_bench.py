@@ -206,8 +206,11 @@ def main() -> None:
     parser.add_argument("--loop-frames", type=int, default=2, help="frames timed on the loop")
     parser.add_argument("--batch", type=int, default=16, help="network inputs per call of the batched path")
     parser.add_argument("--no-graph", action="store_true", help="fp16 without CUDA graphs")
-    parser.add_argument("--fp16-backend", help="the fp16 rows' backend, e.g. torch-compile-fp16+graph (what "
-                        "`extract --recipe` picks on a GPU; compiles each call shape) [torch-fp16+graph on a GPU]")
+    parser.add_argument(
+        "--fp16-backend",
+        help="the fp16 rows' backend, e.g. torch-compile-fp16+graph (what "
+        "`extract --recipe` picks on a GPU; compiles each call shape) [torch-fp16+graph on a GPU]",
+    )
     parser.add_argument("--cache", type=Path, default=Path("models"))
     args = parser.parse_args()
     args.device = default_device() if args.device == "auto" else args.device
