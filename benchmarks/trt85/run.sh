@@ -4,7 +4,9 @@
 # beside the torch backends (fp32 eager, the seed's baseline; torch-compile-fp16+graph, our best), in one run on
 # one machine. Stages go in order of value, each writing its results as soon as it ends, so a run cut short by
 # the device time still returns what it finished; collect.sh packs them. Usage (started by start.sh):
-#   bash benchmarks/trt85/run.sh RESULTS_DIR [rn101]     (rn101: RN101-ZS's fp16 engine only, for a short lease)
+#   bash benchmarks/trt85/run.sh RESULTS_DIR [all|vit|rn101]
+# all: RN101-ZS's fp16 engine, then ViT-L/16's, then the rest; vit: ViT-L/16's first (RN101-ZS's has its figures
+# from 2026-12-07/08); rn101: RN101-ZS's fp16 engine only, for a short lease.
 # The stub cuBLAS/cuDNN libraries of this TensorRT package leave TensorRT its own kernels only: every build
 # passes --tactic-sources none (a TensorRT installed with its libraries needs no such option). The timing cache
 # (one per GPU model) is read from benchmarks/trt85/timing/ when present and written back with the results.
@@ -43,30 +45,46 @@ warm() {  # fill Inductor's cache for the torch rows while TensorRT builds (CPU 
     --no-ceiling --out /tmp/trt85/warm "${@:2}" > /dev/null 2>&1
 }
 
-stage "RN101-ZS: export (opset 16), fp16 engine; ViT-L/16's export and issue 24's inputs beside it (CPU work)"
-[ "$only" = all ] && { export_onnx vit_l16 > "$res/export-vit.log" 2>&1 & vitexp=$!; }
-[ "$only" = all ] && [ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep-early.log" 2>&1 & prep=$!; }
-export_onnx rn101_zs
-warm rn101_zs --sizes 480 1024 &
-warmed=$!
-rn16=$(engine rn101_zs); echo "$rn16"; wait $warmed
-stage "RN101-ZS: bench and fidelity, fp16 engine beside torch"
-bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
-  --backends torch,torch-compile-fp16+graph --engine "$rn16"
-fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
-[ "$only" = rn101 ] && { stage "done"; exit 0; }
+quiet_cpu() {  # timings wait for the CPU work started beside the builds: eager launches wait on the host
+  [ -n "${vitexp:-}" ] && wait "$vitexp"
+  [ -n "${prep:-}" ] && wait "$prep"
+  return 0
+}
+rn101_fp16() {  # sets rn16
+  stage "RN101-ZS: export (opset 16), fp16 engine"
+  export_onnx rn101_zs
+  warm rn101_zs --sizes 480 1024 &
+  local warmed=$!
+  rn16=$(engine rn101_zs); echo "$rn16"; wait $warmed; quiet_cpu
+  stage "RN101-ZS: bench and fidelity, fp16 engine beside torch"
+  bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
+    --backends torch,torch-compile-fp16+graph --engine "$rn16"
+  fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
+}
+vit_fp16() {  # sets vit16
+  stage "ViT-L/16: fp16 engine"
+  wait "$vitexp"; cat "$res/export-vit.log"
+  (warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
+  local warmed=$!
+  vit16=$(engine vit_l16); echo "$vit16"; wait $warmed; quiet_cpu
+  stage "ViT-L/16: bench b1 and b8, fidelity"
+  bench bench-vit-b1 --weights random --variant vit_l16 --sizes 480 480x640 1024 \
+    --backends torch,torch-compile-fp16+graph --engine "$vit16"
+  bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 \
+    --backends torch,torch-compile-fp16+graph --engine "$vit16"
+  fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
+}
 
-stage "ViT-L/16: fp16 engine"
-wait "$vitexp"; cat "$res/export-vit.log"
-(warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
-warmed=$!
-vit16=$(engine vit_l16); echo "$vit16"; wait $warmed
-stage "ViT-L/16: bench b1 and b8, fidelity"
-bench bench-vit-b1 --weights random --variant vit_l16 --sizes 480 480x640 1024 \
-  --backends torch,torch-compile-fp16+graph --engine "$vit16"
-bench bench-vit-b8 --weights random --variant vit_l16 --sizes 480x640 --batch 8 \
-  --backends torch,torch-compile-fp16+graph --engine "$vit16"
-fidelity fidelity-vit-fp16 --weights random --variant vit_l16 --engine "$vit16" --backends torch-compile-fp16
+if [ "$only" != rn101 ]; then
+  stage "ViT-L/16's export and issue 24's inputs (CPU work, beside the first engine's build)"
+  export_onnx vit_l16 > "$res/export-vit.log" 2>&1 & vitexp=$!
+  [ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep-early.log" 2>&1 & prep=$!; }
+fi
+case $only in
+  rn101) rn101_fp16; stage "done"; exit 0 ;;
+  vit) vit_fp16; rn101_fp16 ;;
+  *) rn101_fp16; vit_fp16 ;;
+esac
 
 [ -n "${prep:-}" ] && wait "$prep"
 # the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine

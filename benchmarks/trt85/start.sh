@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts run.sh in a session of its own, so it outlives this device call (the machine stays while calls follow
-# within its idle window); collect.sh waits on it and brings back what it has written. Usage: start.sh [all|rn101]
+# within its idle window); collect.sh waits on it and brings back what it has written. Usage: start.sh [all|vit|rn101]
 set -euo pipefail
 [ -f /tmp/trt85/pkg/tensorrt/tensorrt.so ] || { echo "TensorRT is not unpacked: run receive.sh for every part"; exit 1; }
 mkdir -p /tmp/trt85/results
