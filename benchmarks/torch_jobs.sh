@@ -7,7 +7,7 @@
 # /tmp/torch_jobs/results, so trt85/collect.sh brings it back:
 #   bash benchmarks/torch_jobs.sh start [CONDITIONS]     then   COLLECT_ROOT=/tmp/torch_jobs bash benchmarks/trt85/collect.sh SECONDS
 #   bash benchmarks/torch_jobs.sh run RESULTS [CONDITIONS]      (the stages themselves, in the foreground)
-# CONDITIONS: fixed_cost.sh's [image].
+# CONDITIONS: fixed_cost.sh's [image]. COMPILED_RECIPES=0 leaves out the last stage (about 5 minutes of compiles).
 set -uo pipefail
 root=/tmp/torch_jobs
 if [ "${1:-}" = start ]; then
@@ -35,5 +35,6 @@ if [ -n "${prep:-}" ]; then
   wait "$prep"; tail -3 "$res/fixed_cost-prep.log"
   bash benchmarks/fixed_cost.sh "$res/fixed_cost" 1 "$conditions" | tail -45
 fi
+[ "${COMPILED_RECIPES:-1}" = 1 ] || { stage "done (COMPILED_RECIPES=0)"; exit 0; }
 stage "the tiled recipes on the backend extract --recipe picks on a GPU (compiles each call shape first)"
 recipes recipes-compiled --fp16-backend torch-compile-fp16+graph --recipes langseg-eval,dff,feature-3dgs,vlmaps,openscene
