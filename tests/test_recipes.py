@@ -114,6 +114,27 @@ def test_batched_calls_agree_with_the_reference(
     check_case(tiny_vit, name, size, overrides, call_size=5)
 
 
+@pytest.mark.parametrize(("name", "size", "overrides", "groups"), [
+    ("lseg-minimal", (96, 128), {"input_size": (96, 128)}, [4, 1]),  # one forward an image: four to a call
+    ("langseg-eval", (75, 101), {**SMALL, "scales": (1.0, 1.25)}, [1, 1, 1, 1, 1]),  # more than a call each
+])  # fmt: skip
+def test_images_are_assembled_a_call_at_a_time(
+    tiny_vit: LSeg, name: str, size: tuple[int, int], overrides: dict, groups: list[int]
+) -> None:
+    """A batch of images is assembled a network call's worth of crops at a time (each image holds
+    full-resolution maps until finished), and each result is still its own image's."""
+    images = [image_of(size, seed) for seed in range(5)]
+    runner = make_runner(parse_backend("torch"), ModelSource.from_lseg(tiny_vit), "cpu", "models")
+    recipe = RecipeRunner(runner, get_recipe(name, **overrides), tiny_vit.mean, tiny_vit.std, batch_size=4, call_size=4)
+    seen: list[int] = []
+    assemble = recipe._assemble
+    recipe._assemble = lambda states, jobs: seen.append(len(states)) or assemble(states, jobs)  # type: ignore[method-assign]
+    results = recipe(images)
+    assert seen == groups
+    for image, result in zip(images, results, strict=True):
+        check_exact(result, reference(tiny_vit, name, image, overrides))
+
+
 REAL = [  # the two big layouts are slow on 2 cores (36 and 26 forwards of 480x480, twice): the SMALL cases cover them
     pytest.param("langseg-eval", (90, 120), marks=pytest.mark.slow),
     pytest.param("dff", (120, 160), marks=pytest.mark.slow),

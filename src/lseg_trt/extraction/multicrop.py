@@ -66,7 +66,7 @@ class _Scale:
     canvas: torch.Tensor  # (1, 3, CH, CW) normalised, padded so that every full crop lies inside
     sums: torch.Tensor | None = None
     count: torch.Tensor | None = None
-    result: torch.Tensor | None = None  # set when its last tile is in
+    result: torch.Tensor | None = None  # set when its last tile is in, until added to the image's total
 
 
 @dataclass
@@ -74,6 +74,8 @@ class _Image:
     size: tuple[int, int]  # (h, w) after the input resize
     scales: list[_Scale] = field(default_factory=list)
     single: torch.Tensor | None = None  # the one-pass result
+    total: torch.Tensor | None = None  # the sum of the scales added so far, in scale order
+    added: int = 0  # how many scales `total` holds
 
 
 class RecipeRunner:
@@ -125,14 +127,28 @@ class RecipeRunner:
         if not self.runner.active:
             self.prepared.clear()  # per-shape set-up (graphs, bindings) goes with the runner's activation
             self.runner.activate()
+        results: list[torch.Tensor] = []
         with torch.inference_mode():
-            states, jobs = [], []
-            for index, image in enumerate(images):
+            states: list[_Image] = []
+            jobs: list[tuple[int, int, int, torch.Tensor]] = []
+            for image in images:
                 state, crops = self._plan(self.prepared_input(torch.as_tensor(image).to(self.device)))
+                if jobs and (len(jobs) + len(crops)) * self.recipe.forwards_per_tile > self.call_size:
+                    results += self._assemble(states, jobs)
+                    states, jobs = [], []
+                jobs += [(len(states), *crop) for crop in crops]
                 states.append(state)
-                jobs += [(index, *crop) for crop in crops]
-            self._run(states, jobs)
-            return [self._finish(state) for state in states]
+            return results + self._assemble(states, jobs)
+
+    def _assemble(self, states: list[_Image], jobs: list[tuple[int, int, int, torch.Tensor]]) -> list[torch.Tensor]:
+        """The results of a group of images whose crops fill about one network call, or of one image. Images
+        are taken a call's worth at a time because each holds full-resolution maps until it is finished:
+        lang-seg eval's (512, 960, 1280) float32 output is 2.5 GB a frame, and `extract`'s batch of 8
+        frames would hold 20 GB of results besides the scales being assembled."""
+        if not states:
+            return []
+        self._run(states, jobs)
+        return [self._finish(state) for state in states]
 
     def prepared_input(self, image: torch.Tensor) -> torch.Tensor:
         """(1, 3, h, w) float32: the recipe's input resize and normalisation of a uint8 (H, W, 3) image."""
@@ -222,9 +238,11 @@ class RecipeRunner:
         plan = scale.plan
         if self.recipe.back == "grid":  # OpenScene returns the cut grid of its one crop
             scale.result = result[:, :, : state.size[0], : state.size[1]].clone()
+            self._add_scales(state)
             return
         if plan.single:
             scale.result = self._back(result[:, :, : plan.scaled[0], : plan.scaled[1]], state.size)
+            self._add_scales(state)
             return
         h0, h1, w0, w1 = plan.tiles[t]
         if scale.sums is None:
@@ -235,6 +253,20 @@ class RecipeRunner:
         if t == len(plan.tiles) - 1:
             averaged = (scale.sums / scale.count)[:, :, : plan.scaled[0], : plan.scaled[1]]
             scale.result, scale.sums, scale.count = self._back(averaged, state.size), None, None
+            self._add_scales(state)
+
+    @staticmethod
+    def _add_scales(state: _Image) -> None:
+        """Adds the finished scales to the image's total in scale order, as the loop's `scores += score`,
+        and lets each go: one full-resolution map per scale held to the end would be six for lang-seg eval."""
+        while state.added < len(state.scales) and state.scales[state.added].result is not None:
+            scale = state.scales[state.added]
+            if state.total is None:
+                state.total = scale.result  # a tensor of this image's own (a clone or a resize)
+            else:
+                state.total += scale.result  # type: ignore[operator]
+            scale.result = None
+            state.added += 1
 
     def _back(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         if self.recipe.back == "scaled":
@@ -246,9 +278,7 @@ class RecipeRunner:
         if not r.tiled:
             features = state.single
         else:
-            features = state.scales[0].result
-            for scale in state.scales[1:]:
-                features = features + scale.result  # type: ignore[operator]
+            features = state.total
             if r.average:
                 features = features / (len(r.scales) * r.forwards_per_tile)  # type: ignore[operator]
         if r.output_size is not None:
