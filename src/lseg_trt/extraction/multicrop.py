@@ -142,9 +142,9 @@ class RecipeRunner:
 
     def _assemble(self, states: list[_Image], jobs: list[tuple[int, int, int, torch.Tensor]]) -> list[torch.Tensor]:
         """The results of a group of images whose crops fill about one network call, or of one image. Images
-        are taken a call's worth at a time because each holds full-resolution maps until it is finished:
-        lang-seg eval's (512, 960, 1280) float32 output is 2.5 GB a frame, and `extract`'s batch of 8
-        frames would hold 20 GB of results besides the scales being assembled."""
+        are taken a call's worth at a time because an image being assembled holds full-resolution maps
+        (lang-seg eval's are 2.5 GB each at 1280x960 in float32): all of `extract`'s batch of 8 frames at
+        once held six each, 120 GB."""
         if not states:
             return []
         self._run(states, jobs)
