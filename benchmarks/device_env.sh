@@ -7,5 +7,5 @@ else
   export PYTHONPATH=$PWD/src
 fi
 export PYTHONUNBUFFERED=1
-python3 -c "import open_clip, simplejpeg" 2>/dev/null ||
+python3 -c "import importlib.util as u, sys; sys.exit(not (u.find_spec('open_clip') and u.find_spec('simplejpeg')))" ||
   echo "device_env.sh: open_clip or simplejpeg is missing: run benchmarks/wheels.sh here and carry .whl" >&2

@@ -86,7 +86,6 @@ case $only in
   *) rn101_fp16; vit_fp16 ;;
 esac
 
-[ -n "${prep:-}" ] && wait "$prep"
 # the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine
 # already (while TensorRT's parts were arriving)
 [ -f /tmp/torch_jobs/done ] || bash benchmarks/torch_jobs.sh run "$res" image

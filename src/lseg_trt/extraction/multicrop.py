@@ -113,7 +113,7 @@ class RecipeRunner:
         if not 1 <= call_size <= batch_size:
             raise LsegTrtError(f"call size {call_size}: must be in 1..batch size ({batch_size})")
         runner.set_raw_head1(recipe.needs_raw)
-        self.runner, self.recipe, self.batch_size, self.call_size = runner, recipe, batch_size, call_size
+        self.runner, self.recipe, self.call_size = runner, recipe, call_size
         self.mean, self.std = {"checkpoint": (tuple(mean), tuple(std)), "half": HALF, "none": BLACK}[recipe.normalise]
         self.prepared: set[tuple[int, ...]] = set()
 
@@ -145,8 +145,6 @@ class RecipeRunner:
         are taken a call's worth at a time because an image being assembled holds full-resolution maps
         (lang-seg eval's are 2.5 GB each at 1280x960 in float32): all of `extract`'s batch of 8 frames at
         once held six each, 120 GB."""
-        if not states:
-            return []
         self._run(states, jobs)
         return [self._finish(state) for state in states]
 
@@ -238,12 +236,15 @@ class RecipeRunner:
         plan = scale.plan
         if self.recipe.back == "grid":  # OpenScene returns the cut grid of its one crop
             scale.result = result[:, :, : state.size[0], : state.size[1]].clone()
-            self._add_scales(state)
-            return
-        if plan.single:
+        elif plan.single:
             scale.result = self._back(result[:, :, : plan.scaled[0], : plan.scaled[1]], state.size)
-            self._add_scales(state)
-            return
+        else:
+            self._stitch(scale, t, result, state.size)
+        self._add_scales(state)
+
+    def _stitch(self, scale: _Scale, t: int, result: torch.Tensor, size: tuple[int, int]) -> None:
+        """Tile `t` into its scale's sums and counts; the scale's result once its last tile is in."""
+        plan = scale.plan
         h0, h1, w0, w1 = plan.tiles[t]
         if scale.sums is None:
             scale.sums = result.new_zeros((1, result.shape[1], *plan.canvas))
@@ -252,8 +253,7 @@ class RecipeRunner:
         scale.count[:, :, h0:h1, w0:w1] += 1  # type: ignore[index]
         if t == len(plan.tiles) - 1:
             averaged = (scale.sums / scale.count)[:, :, : plan.scaled[0], : plan.scaled[1]]
-            scale.result, scale.sums, scale.count = self._back(averaged, state.size), None, None
-            self._add_scales(state)
+            scale.result, scale.sums, scale.count = self._back(averaged, size), None, None
 
     @staticmethod
     def _add_scales(state: _Image) -> None:
