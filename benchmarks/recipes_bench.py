@@ -35,6 +35,7 @@ from lseg_trt import hwinfo
 from lseg_trt.artifacts import ModelSource, open_model
 from lseg_trt.backends import make_runner, parse_backend
 from lseg_trt.backends.base import default_device, placed_encoder
+from lseg_trt.errors import LsegTrtError
 from lseg_trt.extraction.multicrop import RecipeRunner
 from lseg_trt.extraction.recipes import RECIPES, get_recipe, plan_scale
 from lseg_trt.metrics import compare_features
@@ -118,6 +119,15 @@ class NetworkClock:
             return sum(end - start for start, end in self.spans)
         torch.cuda.synchronize()
         return sum(start.elapsed_time(end) for start, end in self.spans) / 1000
+
+
+def backend_name(name: str) -> str:
+    """An argparse type: a backend name `parse_backend` knows, else argparse's one-line error (exit 2)."""
+    try:
+        parse_backend(name)
+    except LsegTrtError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return name
 
 
 def bench_recipe(
@@ -208,6 +218,7 @@ def main() -> None:
     parser.add_argument("--no-graph", action="store_true", help="fp16 without CUDA graphs")
     parser.add_argument(
         "--fp16-backend",
+        type=backend_name,
         help="the fp16 rows' backend, e.g. torch-compile-fp16+graph (what "
         "`extract --recipe` picks on a GPU; compiles each call shape) [torch-fp16+graph on a GPU]",
     )

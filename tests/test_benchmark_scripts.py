@@ -58,6 +58,15 @@ def test_recipes_bench_runs_on_the_cpu(tmp_path: Path) -> None:
     assert "| openscene | 320x240 |" in (tmp_path / "recipes_bench.md").read_text()
 
 
+def test_recipes_bench_refuses_an_unknown_backend_in_one_line(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "recipes_bench.py"), "--out", str(tmp_path / "out"),
+         "--fp16-backend", "nonsense"], capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2 and "unknown backend 'nonsense'" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "out").exists()
+
+
 @pytest.mark.slow
 def test_pipeline_and_multi_gpu_benches_run_on_the_cpu(tmp_path: Path) -> None:
     tiny = ("--variant", "tiny_vit", "--size", "64x96", "--batch", "4")
