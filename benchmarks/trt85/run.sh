@@ -86,10 +86,6 @@ case $only in
   *) rn101_fp16; vit_fp16 ;;
 esac
 
-# the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine
-# already (while TensorRT's parts were arriving)
-[ -f /tmp/torch_jobs/done ] || bash benchmarks/torch_jobs.sh run "$res" image
-
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
   python3 benchmarks/pipeline_bench.py --device cuda --engine "$1" --backend tensorrt+graph --size 480x640 \
     --batch 8 --frames 512 --pool 4 --workers 14 --work /tmp/trt85/pipe --out "$res/pipeline-$2" \
@@ -104,6 +100,10 @@ extract_end_to_end "$vit16" vit-fp16
 extract_end_to_end "$rn16" rn101-fp16
 python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
 python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
+
+# the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine
+# already; after the engines' end-to-end figures, before the fp32 engines' long builds
+[ -f /tmp/torch_jobs/done ] || bash benchmarks/torch_jobs.sh run "$res" image
 
 stage "RN101-ZS: an engine whose one profile is 1x3x480x480 (issue 22's hand-made 1.512 ms engine had it)"
 rnst=$(PROFILE="--min-shape 1x3x480x480 --opt-shape 1x3x480x480 --max-shape 1x3x480x480" engine rn101_zs)
