@@ -5,7 +5,8 @@
 # one machine. Stages go in order of value, each writing its results as soon as it ends, so a run cut short by
 # the device time still returns what it finished; collect.sh packs them. Usage (started by start.sh):
 #   bash benchmarks/trt85/run.sh RESULTS_DIR [all|vit|rn101]
-# all: RN101-ZS's fp16 engine, then ViT-L/16's, then the rest; vit: ViT-L/16's first (RN101-ZS's has its figures
+# all: RN101-ZS's fp16 engine built while ViT-L/16 exports, then ViT-L/16's built and measured, then RN101-ZS's
+# measured, then the rest; vit: ViT-L/16's first (RN101-ZS's has its figures
 # from 2026-12-07/08); rn101: RN101-ZS's fp16 engine only, for a short lease.
 # The stub cuBLAS/cuDNN libraries of this TensorRT package leave TensorRT its own kernels only: every build
 # passes --tactic-sources none (a TensorRT installed with its libraries needs no such option). The timing cache
@@ -50,23 +51,29 @@ quiet_cpu() {  # timings wait for the CPU work started beside the builds: eager 
   [ -n "${prep:-}" ] && wait "$prep"
   return 0
 }
-rn101_fp16() {  # sets rn16
+rn101_build() {  # sets rn16
   stage "RN101-ZS: export (opset 16), fp16 engine"
   export_onnx rn101_zs
   warm rn101_zs --sizes 480 1024 &
   local warmed=$!
-  rn16=$(engine rn101_zs); echo "$rn16"; wait $warmed; quiet_cpu
+  rn16=$(engine rn101_zs); echo "$rn16"; wait $warmed
+}
+rn101_measure() {
+  quiet_cpu
   stage "RN101-ZS: bench and fidelity, fp16 engine beside torch"
   bench bench-rn101-b1 --weights random --variant rn101_zs --sizes 480 1024 \
     --backends torch,torch-compile-fp16+graph --engine "$rn16"
   fidelity fidelity-rn101-fp16 --weights random --variant rn101_zs --engine "$rn16" --backends torch-compile-fp16
 }
-vit_fp16() {  # sets vit16
+vit_build() {  # sets vit16
   stage "ViT-L/16: fp16 engine"
   wait "$vitexp"; cat "$res/export-vit.log"
   (warm vit_l16 --sizes 480 480x640 1024; warm vit_l16 --sizes 480x640 --batch 8) &
   local warmed=$!
-  vit16=$(engine vit_l16); echo "$vit16"; wait $warmed; quiet_cpu
+  vit16=$(engine vit_l16); echo "$vit16"; wait $warmed
+}
+vit_measure() {
+  quiet_cpu
   stage "ViT-L/16: bench b1 and b8, fidelity"
   bench bench-vit-b1 --weights random --variant vit_l16 --sizes 480 480x640 1024 \
     --backends torch,torch-compile-fp16+graph --engine "$vit16"
@@ -81,9 +88,9 @@ if [ "$only" != rn101 ]; then
   [ -d .fixed_cost/before/src ] && { bash benchmarks/fixed_cost.sh prep > "$res/fixed_cost-prep-early.log" 2>&1 & prep=$!; }
 fi
 case $only in
-  rn101) rn101_fp16; stage "done"; exit 0 ;;
-  vit) vit_fp16; rn101_fp16 ;;
-  *) rn101_fp16; vit_fp16 ;;
+  rn101) rn101_build; rn101_measure; stage "done"; exit 0 ;;
+  vit) vit_build; vit_measure; rn101_build; rn101_measure ;;
+  *) rn101_build; vit_build; vit_measure; rn101_measure ;;  # RN101's build overlaps ViT's CPU export
 esac
 
 extract_end_to_end() {  # ENGINE TAG: the seed's Feature_Extractor job, device-only beside end to end, then the CLI
