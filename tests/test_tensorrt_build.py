@@ -10,6 +10,7 @@ and what `Builder(logger)` does without a GPU. The engine cache and sidecars are
 from __future__ import annotations
 
 import sys
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -27,10 +28,10 @@ from lseg_trt.tensorrt.options import (
     BuildOptions,
     Profile,
     engine_name,
+    names_token,
+    parse_enum_names,
     parse_shape,
-    parse_tactic_sources,
     profile_token,
-    tactic_sources_token,
 )
 
 try:
@@ -129,14 +130,16 @@ def test_tactic_sources_are_set_named_and_checked(vit_onnx: Path, tmp_path: Path
     """TensorRT-RTX has two TacticSource members: the option is built for real, and shows in name and sidecar."""
     from lseg_trt.engines import EngineRecord, engine_for
 
-    assert parse_tactic_sources("none") == () and parse_tactic_sources(" jit_convolutions,CUBLAS ") == (
+    assert parse_enum_names("--tactic-sources", "none") == () and parse_enum_names(
+        "--tactic-sources", " jit_convolutions,CUBLAS "
+    ) == (
         "CUBLAS",
         "JIT_CONVOLUTIONS",
     )
     for bad in ("", "none,cudnn", "cub las", "cublas;rm"):
         with pytest.raises(LsegTrtError, match="--tactic-sources"):
-            parse_tactic_sources(bad)
-    assert tactic_sources_token(()) == "tac-none"
+            parse_enum_names("--tactic-sources", bad)
+    assert names_token("tac", ()) == "tac-none"
     assert RTX.tactic_source_mask(("JIT_CONVOLUTIONS",)) == 1 << int(RTX.module.TacticSource.JIT_CONVOLUTIONS)
     options = BuildOptions(flavour="tensorrt-rtx", fp16=False, sparse=False, profile=SMALL, tactic_sources=())
     engine = engine_for(vit_onnx, options, tmp_path)
@@ -149,6 +152,27 @@ def test_tactic_sources_are_set_named_and_checked(vit_onnx: Path, tmp_path: Path
         LsegTrtError, match="CUDNN not in tensorrt-rtx .* known: EDGE_MASK_CONVOLUTIONS, JIT_CONVOLUTIONS"
     ):
         engine_for(vit_onnx, BuildOptions(flavour="tensorrt-rtx", profile=SMALL, tactic_sources=("CUDNN",)), tmp_path)
+
+
+def test_preview_features_are_set_named_and_checked(vit_onnx: Path, tmp_path: Path) -> None:
+    """TensorRT-RTX's PreviewFeature members are not 8.5's, but the option's path is the same: built for real,
+    named, recorded, and a name the flavour lacks is refused before anything is built, listing what it has."""
+    from lseg_trt.engines import EngineRecord, engine_for
+
+    assert parse_enum_names("--preview-features", "faster_dynamic_shapes_0805") == ("FASTER_DYNAMIC_SHAPES_0805",)
+    options = BuildOptions(
+        flavour="tensorrt-rtx", fp16=False, sparse=False, profile=SMALL, preview_features=("ALIASED_PLUGIN_IO_10_03",)
+    )
+    engine = engine_for(vit_onnx, options, tmp_path)
+    assert "_pv-aliasedpluginio1003_" in engine.name
+    assert EngineRecord.read(engine).request["preview_features"] == ["ALIASED_PLUGIN_IO_10_03"]
+    with pytest.raises(
+        LsegTrtError,
+        match="--preview-features: FASTER_DYNAMIC_SHAPES_0805 not in tensorrt-rtx .*"
+        "known: ALIASED_PLUGIN_IO_10_03, RUNTIME_ACTIVATION_RESIZE_10_10",
+    ):
+        engine_for(vit_onnx, replace(options, preview_features=("FASTER_DYNAMIC_SHAPES_0805",)), tmp_path)
+    assert [p.name for p in tmp_path.glob("*.engine")] == [engine.name]
 
 
 def enum(**members: int) -> SimpleNamespace:
@@ -166,6 +190,7 @@ GENERATIONS = {
         creation=enum(EXPLICIT_BATCH=0, EXPLICIT_PRECISION=1),
         flags=enum(FP16=0, DEBUG=2, GPU_FALLBACK=3, DISABLE_TIMING_CACHE=6, TF32=7, SPARSE_WEIGHTS=8),
         tactics=enum(CUBLAS=0, CUBLAS_LT=1, CUDNN=2, EDGE_MASK_CONVOLUTIONS=3, JIT_CONVOLUTIONS=4),
+        previews=enum(FASTER_DYNAMIC_SHAPES_0805=0, DISABLE_EXTERNAL_TACTIC_SOURCES_FOR_CORE_0805=1),
     ),
     "10.16.1.11": dict(
         builder={},
@@ -204,6 +229,7 @@ def stand_in(version: str) -> ModuleType:
         NetworkDefinitionCreationFlag=facts["creation"],
         BuilderFlag=facts["flags"],
         TacticSource=facts["tactics"],
+        PreviewFeature=facts.get("previews"),
     )
     return module
 
@@ -227,7 +253,10 @@ def test_probes_per_generation(
     trt = compat.TensorRT("tensorrt", stand_in(version))
     assert (trt.has_implicit_batch, trt.has_fp16_flag) == (implicit_batch, fp16_flag)
     assert (trt.network_flags(False), trt.network_flags(True)) == (weak, strong)
-    assert trt.tactic_source_names() == tactic_sources
+    assert trt.enum_names("TacticSource") == tactic_sources
+    if version.startswith("8.5"):  # 8.6 turned it on by default; 10 deprecated it
+        [faster] = trt.enum_members("PreviewFeature", ("FASTER_DYNAMIC_SHAPES_0805",), "--preview-features")
+        assert faster is trt.module.PreviewFeature.FASTER_DYNAMIC_SHAPES_0805
     assert trt.tactic_source_mask(("JIT_CONVOLUTIONS",)) == 1 << int(trt.module.TacticSource.JIT_CONVOLUTIONS)
     tokens = [f.token for f in select_flags(trt, BuildOptions(tf32=True, debug=True), trt.has_fp16_flag)]
     assert tokens == (["", "tf32", "sparse", "dbg"] if fp16_flag else ["tf32", "sparse", "dbg"])

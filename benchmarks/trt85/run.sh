@@ -108,6 +108,12 @@ extract_end_to_end "$rn16" rn101-fp16
 python3 benchmarks/trt_layer_profile.py --engine "$vit16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -30
 python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --out "$res/profile" 2>&1 | tail -14
 
+stage "ViT-L/16: fp16 engine with FASTER_DYNAMIC_SHAPES_0805, the preview feature TensorRT 8.6 turned on by default"
+vitpv=$(engine vit_l16 --preview-features faster_dynamic_shapes_0805); echo "$vitpv"
+bench bench-vit-b1-preview --sizes 480 480x640 1024 --engine "$vitpv" --engine "$vit16"
+bench bench-vit-b8-preview --sizes 480x640 --batch 8 --engine "$vitpv" --engine "$vit16"
+fidelity fidelity-vit-fp16-preview --weights random --variant vit_l16 --engine "$vitpv"
+
 # the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine
 # already; after the engines' end-to-end figures, before the fp32 engines' long builds
 [ -f /tmp/torch_jobs/done ] || bash benchmarks/torch_jobs.sh run "$res" image

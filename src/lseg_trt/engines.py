@@ -26,7 +26,7 @@ from lseg_trt.onnx_cache import fp16_sibling, onnx_info
 from lseg_trt.sidecars import file_matches, read_json, stamp
 from lseg_trt.tensorrt.builder import plan_from_onnx, select_flags
 from lseg_trt.tensorrt.compat import FLAVOURS, TensorRT, load
-from lseg_trt.tensorrt.options import BuildOptions, Profile, engine_name, tactic_sources_token
+from lseg_trt.tensorrt.options import BuildOptions, Profile, engine_name, names_token
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,10 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
     tokens = [f.token for f in flags if f.token]
     if options.tactic_sources is not None:
         trt.tactic_source_mask(options.tactic_sources)  # unknown names: a user error before anything is built
-        tokens.append(tactic_sources_token(options.tactic_sources))
+        tokens.append(names_token("tac", options.tactic_sources))
+    if options.preview_features:
+        trt.enum_members("PreviewFeature", options.preview_features, "--preview-features")
+        tokens.append(names_token("pv", options.preview_features))
     engine = cache_dir / engine_name(source.stem, precision, tokens, options.workspace, options.profile)
     request = {
         "flavour": trt.flavour,
@@ -210,6 +213,8 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
     }
     if options.tactic_sources is not None:  # absent otherwise, so engines built before the option stay valid
         request["tactic_sources"] = list(options.tactic_sources)
+    if options.preview_features:  # likewise
+        request["preview_features"] = list(options.preview_features)
     if _reusable(engine, request):
         log.info("reusing %s (sidecar and file match the request)", engine.name)
         return engine

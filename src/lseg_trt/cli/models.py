@@ -45,7 +45,7 @@ def run_build(ns: argparse.Namespace) -> int:
     from pathlib import Path
 
     from lseg_trt.engines import engine_for
-    from lseg_trt.tensorrt.options import BuildOptions, Profile, parse_shape, parse_tactic_sources
+    from lseg_trt.tensorrt.options import BuildOptions, Profile, parse_enum_names, parse_shape
 
     options = BuildOptions(
         fp16=ns.fp16,
@@ -58,7 +58,10 @@ def run_build(ns: argparse.Namespace) -> int:
         gpu_fallback=ns.gpu_fallback,
         debug=ns.debug,
         flavour=ns.flavour,
-        tactic_sources=parse_tactic_sources(ns.tactic_sources) if ns.tactic_sources is not None else None,
+        tactic_sources=parse_enum_names("--tactic-sources", ns.tactic_sources)
+        if ns.tactic_sources is not None
+        else None,
+        preview_features=parse_enum_names("--preview-features", ns.preview_features),
     )
     options.validate()
     print(engine_for(Path(ns.onnx), options, out_dir_from(ns.out)))
@@ -113,6 +116,12 @@ def _build_args(p: Parser) -> None:
         "--tactic-sources",
         help="TacticSource names, comma-separated (e.g. cublas,cudnn,jit_convolutions), or none for TensorRT's "
         "own kernels only; default: the flavour's default set",
+    )
+    p.add_argument(
+        "--preview-features",
+        default="none",
+        help="PreviewFeature names to turn on, comma-separated (TensorRT 8.5: faster_dynamic_shapes_0805, on by "
+        "default from 8.6) [%(default)s]",
     )
     p.add_argument("--out", default="models/engines", help="output folder [%(default)s]")
 

@@ -115,6 +115,8 @@ def plan_from_onnx(
         config.set_flag(flag.flag)
     if options.tactic_sources is not None:
         config.set_tactic_sources(trt.tactic_source_mask(options.tactic_sources))
+    for feature in trt.enum_members("PreviewFeature", options.preview_features, "--preview-features"):
+        config.set_preview_feature(feature, True)
     profile = builder.create_optimization_profile()
     profile.set_shape(tensor.name, options.profile.min, options.profile.opt, options.profile.max)
     config.add_optimization_profile(profile)

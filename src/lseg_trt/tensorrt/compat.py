@@ -74,21 +74,24 @@ class TensorRT:
         typed = getattr(creation, "STRONGLY_TYPED", None)
         return flags | ((1 << int(typed)) if (strongly_typed and typed is not None) else 0)
 
-    def tactic_source_names(self) -> list[str]:
-        """The `TacticSource` members this flavour knows (cuBLAS, cuDNN, ... in TensorRT 8-10; RTX has none)."""
-        sources = getattr(self.module, "TacticSource", None)
-        return sorted(getattr(sources, "__members__", {})) if sources is not None else []
+    def enum_names(self, enum: str) -> list[str]:
+        """The members of one of this flavour's option enums (`TacticSource`: cuBLAS, cuDNN, ... in TensorRT
+        8-10, two in RTX and 11; `PreviewFeature`: a different set in every generation)."""
+        return sorted(getattr(getattr(self.module, enum, None), "__members__", {}))
+
+    def enum_members(self, enum: str, names: tuple[str, ...], option: str) -> list:
+        """The named members of `enum`, or a user error that lists the ones this flavour has."""
+        known = self.enum_names(enum)
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise LsegTrtError(
+                f"{option}: {', '.join(unknown)} not in {self.describe()}'s {enum}; known: {', '.join(known) or 'none'}"
+            )
+        return [getattr(getattr(self.module, enum), n) for n in names]
 
     def tactic_source_mask(self, names: tuple[str, ...]) -> int:
         """The bit mask `IBuilderConfig.set_tactic_sources` takes for these `TacticSource` names."""
-        known = self.tactic_source_names()
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            choices = ", ".join(known) or "none: this flavour picks its kernels itself"
-            raise LsegTrtError(
-                f"--tactic-sources: {', '.join(unknown)} not in {self.describe()}'s TacticSource; known: {choices}"
-            )
-        return sum(1 << int(getattr(self.module.TacticSource, n)) for n in names)
+        return sum(1 << int(m) for m in self.enum_members("TacticSource", names, "--tactic-sources"))
 
     def create(self, kind: str, logger):  # noqa: ANN001, ANN201 - a trt.ILogger; a trt.Builder or trt.Runtime
         """`Builder` or `Runtime` for `logger` (one of ours), or an LsegTrtError where TensorRT makes none:

@@ -3,7 +3,8 @@
 Engine names: `<onnx-stem>__<precision>[_<flag>...]_ws<MiB>MiB_<profile>.engine`, e.g.
 `lseg_vit_l16_random_fp32__fp32_sparse_ws2048MiB_b1_h256-480-1024_w256-480-1024.engine`.
 Flags appear only when really applied (`tf32` when TF32 kernels are allowed; absent means strict fp32;
-`tac-<sources>` when the tactic sources are not TensorRT's default set, `tac-none` for its own kernels only).
+`tac-<sources>` when the tactic sources are not TensorRT's default set, `tac-none` for its own kernels only;
+`pv-<features>` for preview features turned on).
 The profile token gives min-opt-max of batch, height and width; an axis whose three values are equal
 shows one number. Two profiles therefore never share a file.
 """
@@ -85,6 +86,9 @@ class BuildOptions:
     # TacticSource names, () for TensorRT's own kernels only; None keeps the flavour's default set. A
     # TensorRT without cuBLAS/cuDNN libraries (or with stand-ins for them) must leave them out.
     tactic_sources: tuple[str, ...] | None = None
+    # PreviewFeature names turned on, beside the flavour's defaults: 8.5's FASTER_DYNAMIC_SHAPES_0805 (Myelin
+    # for dynamic shapes, "most likely to benefit: transformer-based models") is what 8.6 turned on by default
+    preview_features: tuple[str, ...] = ()
 
     def validate(self) -> None:
         self.profile.validate()
@@ -113,19 +117,20 @@ def profile_token(profile: Profile) -> str:
     return f"b{axis(0)}_h{axis(2)}_w{axis(3)}"
 
 
-def parse_tactic_sources(text: str) -> tuple[str, ...]:
-    """`cublas,CUDNN` -> ("CUBLAS", "CUDNN"); `none` -> () (TensorRT's own kernels only)."""
+def parse_enum_names(option: str, text: str) -> tuple[str, ...]:
+    """`cublas,CUDNN` -> ("CUBLAS", "CUDNN"); `none` -> () (for --tactic-sources: TensorRT's own kernels only).
+    Which names exist is the flavour's to say (`TensorRT.enum_members`); here only their form is checked."""
     names = [part.strip().upper() for part in text.split(",") if part.strip()]
     if names == ["NONE"]:
         return ()
-    if not names or "NONE" in names or not all(n.replace("_", "").isalpha() and n.isascii() for n in names):
-        raise LsegTrtError(f"--tactic-sources {text!r}: give TacticSource names separated by commas, or none")
+    if not names or "NONE" in names or not all(n.replace("_", "").isalnum() and n.isascii() for n in names):
+        raise LsegTrtError(f"{option} {text!r}: give names separated by commas, or none")
     return tuple(sorted(set(names)))
 
 
-def tactic_sources_token(sources: tuple[str, ...]) -> str:
-    """`tac-none`, `tac-cublas+cudnn`: the engine-name token of a tactic-source choice."""
-    return "tac-" + ("+".join(n.lower().replace("_", "") for n in sources) or "none")
+def names_token(prefix: str, names: tuple[str, ...]) -> str:
+    """`tac-none`, `tac-cublas+cudnn`, `pv-fasterdynamicshapes0805`: the engine-name token of a choice of names."""
+    return f"{prefix}-" + ("+".join(n.lower().replace("_", "") for n in names) or "none")
 
 
 def engine_name(onnx_stem: str, precision: str, applied_flags: list[str], workspace: int, profile: Profile) -> str:
