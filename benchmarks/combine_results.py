@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from lseg_trt.bench import BenchRow, rows_to_dicts, summarize
@@ -17,7 +18,8 @@ from lseg_trt.bench_report import markdown, plot
 
 def main(out_stem: str, paths: list[str]) -> None:
     parts = [json.loads(Path(p).read_text()) for p in paths]
-    rows = [BenchRow(**r) for part in parts for r in part["rows"]]
+    known = {f.name for f in fields(BenchRow)}  # results before 2026-12-08 carry an always-empty `note`
+    rows = [BenchRow(**{k: v for k, v in r.items() if k in known}) for part in parts for r in part["rows"]]
     gpu_run = any(r.device.startswith("cuda") for r in rows)
     for r in rows:
         if gpu_run and r.device == "cpu":

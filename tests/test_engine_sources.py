@@ -54,6 +54,24 @@ def test_bench_times_an_engine_alone(cli, tf32_engine: Path, tmp_path: Path) -> 
     assert "needs an NVIDIA GPU" in rows[0]["status"]
 
 
+def test_bench_tells_two_engines_of_one_backend_apart(cli, tf32_engine: Path, tmp_path: Path) -> None:  # noqa: ANN001
+    """Two engines of one precision (here two profiles) are one backend name: each row names its engine file,
+    and the report's columns spell the build options where the name alone would merge them."""
+    from lseg_trt.engines import engine_for
+
+    onnx = next(tf32_engine.parent.glob("*.onnx"))
+    batch2 = Profile(SMALL.min, SMALL.opt, (2, 3, 128, 128))
+    options = BuildOptions(flavour="tensorrt-rtx", fp16=False, tf32=True, sparse=False, profile=batch2)
+    second = engine_for(onnx, options, tf32_engine.parent)
+    result = cli("bench", "--engine", tf32_engine, "--engine", second, "--sizes", "64", "--device", "cpu",
+                 "--out", tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads((tmp_path / "bench.json").read_text())["rows"]
+    assert [(r["backend"], r["engine"]) for r in rows] == [("tensorrt-tf32", e.name) for e in (tf32_engine, second)]
+    header = next(line for line in (tmp_path / "bench.md").read_text().splitlines() if line.startswith("| Size |"))
+    assert "_b1_h64-64-128_w64-64-128] ms" in header and "_b1-1-2_h64-64-128_w64-64-128] ms" in header
+
+
 def test_fidelity_pairs_an_engine_with_its_own_weights(cli, tf32_engine: Path, tmp_path: Path) -> None:  # noqa: ANN001
     other = cli("fidelity", "--weights", "random", "--variant", "tiny_rn", "--engine", tf32_engine,
                 "--device", "cpu", "--out", tmp_path / "a")  # fmt: skip

@@ -110,8 +110,8 @@ python3 benchmarks/trt_layer_profile.py --engine "$rn16" --shape 1x3x480x480 --o
 
 stage "ViT-L/16: fp16 engine with FASTER_DYNAMIC_SHAPES_0805, the preview feature TensorRT 8.6 turned on by default"
 vitpv=$(engine vit_l16 --preview-features faster_dynamic_shapes_0805); echo "$vitpv"
-bench bench-vit-b1-preview --sizes 480 480x640 1024 --engine "$vitpv" --engine "$vit16"
-bench bench-vit-b8-preview --sizes 480x640 --batch 8 --engine "$vitpv" --engine "$vit16"
+bench bench-vit-b1-preview --sizes 480 480x640 1024 --engine "$vitpv"  # the default engine's: bench-vit-b1
+bench bench-vit-b8-preview --sizes 480x640 --batch 8 --engine "$vitpv"
 fidelity fidelity-vit-fp16-preview --weights random --variant vit_l16 --engine "$vitpv"
 
 # the recipes (issue 25), then the fixed cost (issue 24), unless torch_jobs.sh start ran them on this machine

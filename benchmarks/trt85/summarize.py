@@ -19,26 +19,23 @@ def _load(folder: Path, pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))]
 
 
-def _fidelity(folder: Path) -> dict[tuple[str, str, str], dict]:
-    """(variant, backend without +graph, size) -> worst comparison over the sample photos."""
-    worst: dict[tuple[str, str, str], dict] = {}
+def _fidelity(folder: Path) -> dict[tuple[str, str, str, str], dict]:
+    """(variant, backend without +graph, size, engine file or "") -> worst comparison over the sample photos."""
+    worst: dict[tuple[str, str, str, str], dict] = {}
     for report in _load(folder, "fidelity-*/fidelity.json"):
         for c in report["comparisons"]:
-            key = (c["variant"], c["candidate"], c["size"])
+            key = (c["variant"], c["candidate"], c["size"], c.get("engine", ""))
             if key not in worst or c["pixel_cosine_min"] < worst[key]["pixel_cosine_min"]:
                 worst[key] = c
     return worst
 
 
 def _engines(folder: Path) -> dict[str, dict]:
-    """precision label of each engine sidecar (fp16 / fp32 / tf32) per variant -> its build record."""
+    """engine file name -> its build record (sidecar), beside which fidelity verdicts are not build records."""
     found = {}
     for path in sorted((folder / "engines").glob("*.json")):
-        record = json.loads(path.read_text())
-        request = record["request"]
-        precision = "tf32" if request["precision"] == "fp32" and request["tf32"] else request["precision"]
-        variant = record["onnx_metadata"].get("variant", "?")
-        found[f"{variant}/{precision}"] = record | {"engine": path.with_suffix(".engine").name}
+        if not path.name.endswith(".fidelity.json"):
+            found[path.with_suffix(".engine").name] = json.loads(path.read_text())
     return found
 
 
@@ -64,7 +61,7 @@ def main(folder: Path) -> str:
     for _, r in sorted(rows, key=lambda pr: (pr[1]["variant"], pr[1]["batch"], pr[1]["height"] * pr[1]["width"])):
         size = f"{r['height']}x{r['width']}"
         name = r["backend"].removesuffix("+graph")
-        f = fidelity.get((r["variant"], name, size))
+        f = fidelity.get((r["variant"], name, size, r.get("engine", "")))
         verdict = {True: "pass", False: "FAIL"}.get(f["passed"], "-") if f else "-"
         cos = (f"{f['pixel_cosine_min']:.5f}", f"{f['pixel_cosine_mean']:.6f}", verdict) if f else ("-",) * 3
         if name == "torch":
@@ -74,14 +71,14 @@ def main(folder: Path) -> str:
             if r["median_ms"] is not None
             else (r["status"][:60], "", "")
         )
-        lines.append(
-            f"| {r['variant']} | {size} | {r['batch']} | {r['backend']} | " + " | ".join((*timing, *cos)) + " |"
-        )
+        options = r.get("engine", "").partition("__")[2].removesuffix(".engine")  # the build options it spells
+        backend = r["backend"] + (f" `{options}`" if options else "")
+        lines.append(f"| {r['variant']} | {size} | {r['batch']} | {backend} | " + " | ".join((*timing, *cos)) + " |")
     lines += ["", "| engine | build s | size MB | profile min / opt / max |", "|---|---|---|---|"]
-    for key, e in engines.items():
+    for name, e in engines.items():
         p = e["request"]["profile"]
         shapes = " / ".join("x".join(map(str, p[k])) for k in ("min", "opt", "max"))
-        lines.append(f"| {key}: `{e['engine']}` | {e['build_seconds']:.0f} | {e['engine_size'] / 1e6:.1f} | {shapes} |")
+        lines.append(f"| `{name}` | {e['build_seconds']:.0f} | {e['engine_size'] / 1e6:.1f} | {shapes} |")
     for part in _load(folder, "pipeline-*/pipeline.json"):
         disk = part["to_disk"].get("shards", {})
         lines += [

@@ -82,7 +82,7 @@ class BenchRow:
     tflops_achieved: float | None = None  # at the median latency
     includes_copies: bool = False
     device: str = "cpu"
-    note: str = ""
+    engine: str = ""  # the engine file a tensorrt row ran (two fp16 engines share a backend name)
 
     @property
     def size(self) -> str:
@@ -206,6 +206,7 @@ def _bench(
                 "weights": info.weights_name,
                 "backend": spec.name,
                 "batch": settings.batch,
+                "engine": model.path.name if isinstance(model, ModelSource) and model.kind == "engine" else "",
             }
             runner: Runner | None = None
             try:
@@ -299,9 +300,25 @@ def rows_to_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
     return [asdict(r) for r in rows]
 
 
+def column_labels(rows: list[BenchRow]) -> list[str]:
+    """Each row's name in tables, plots and the summary: its backend, and where engines of one backend name
+    differ (fp16 engines of two profiles, or of other build options), the options its file name spells."""
+    engines: dict[str, set[str]] = {}
+    for r in rows:
+        if r.engine:
+            engines.setdefault(r.backend, set()).add(r.engine)
+    return [
+        f"{r.backend} [{r.engine.partition('__')[2].removesuffix('.engine')}]"
+        if len(engines.get(r.backend, ())) > 1
+        else r.backend
+        for r in rows
+    ]
+
+
 def summarize(rows: list[BenchRow], ceiling_tflops: float | None) -> list[dict[str, Any]]:
     """Per model and size: the fastest backend, its speed-up over torch fp32 eager, its share of the ceiling."""
     out = []
+    label = dict(zip(map(id, rows), column_labels(rows), strict=True))
     keys = sorted({(r.variant, r.weights, r.height, r.width) for r in rows}, key=lambda k: (k[0], k[1], k[2] * k[3]))
     for variant, weights, h, w in keys:
         ok = [
@@ -314,7 +331,7 @@ def summarize(rows: list[BenchRow], ceiling_tflops: float | None) -> list[dict[s
         fastest = min(ok, key=lambda r: r.median_ms)
         baseline = next((r for r in ok if r.backend == "torch"), None)
         out.append({
-            "variant": variant, "weights": weights, "size": f"{h}x{w}", "fastest": fastest.backend,
+            "variant": variant, "weights": weights, "size": f"{h}x{w}", "fastest": label[id(fastest)],
             "median_ms": fastest.median_ms,
             "speedup_vs_torch_fp32": baseline.median_ms / fastest.median_ms if baseline else None,
             "tflops": fastest.tflops_achieved,

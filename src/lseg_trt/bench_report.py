@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lseg_trt.bench import BenchRow, rows_to_dicts, summarize
+from lseg_trt.bench import BenchRow, column_labels, rows_to_dicts, summarize
 from lseg_trt.hwinfo import to_markdown
 from lseg_trt.reports import ReportPaths, write_report
 
@@ -21,7 +21,8 @@ def _cell(row: BenchRow | None) -> str:
 
 def markdown(rows: list[BenchRow], hw: dict[str, Any], command: str, ceiling: dict[str, float] | None) -> str:
     """Tables like the seed's (Size | backend ms ± std | ...) per model, then the summary and the machine."""
-    backends = list(dict.fromkeys(r.backend for r in rows))
+    labelled = list(zip(column_labels(rows), rows, strict=True))
+    backends = list(dict.fromkeys(label for label, _ in labelled))
     copies = (
         "host<->device copies included" if rows and rows[0].includes_copies else "device compute only, no host copies"
     )
@@ -35,7 +36,7 @@ def markdown(rows: list[BenchRow], hw: dict[str, Any], command: str, ceiling: di
         for size in dict.fromkeys(r.size for r in rows if (r.variant, r.weights) == model):
             cells = []
             for b in backends:
-                match = [r for r in rows if (r.variant, r.weights, r.size, r.backend) == (*model, size, b)]
+                match = [r for label, r in labelled if (r.variant, r.weights, r.size, label) == (*model, size, b)]
                 cells.append(_cell(match[0] if match else None))
             parts.append(f"| {size} | " + " | ".join(cells) + " |")
     summary = summarize(rows, ceiling["tflops"] if ceiling else None)
@@ -54,7 +55,7 @@ def markdown(rows: list[BenchRow], hw: dict[str, Any], command: str, ceiling: di
         parts.append(
             f"\nbf16 GEMM ceiling ({ceiling['n']}³): {ceiling['tflops']:.0f} TFLOP/s ({ceiling['ms']:.3f} ms)."
         )
-    reasons = {(r.backend, r.status) for r in rows if r.status not in ("ok", "oom")}
+    reasons = {(label, r.status) for label, r in labelled if r.status not in ("ok", "oom")}
     if reasons:
         parts.append("\n## Not measured\n")
         parts += [f"- `{b}`: {status}" for b, status in sorted(reasons)]
@@ -68,10 +69,11 @@ def plot(rows: list[BenchRow], path: Path) -> None:
 
     plt = pyplot()
     models = list(dict.fromkeys((r.variant, r.weights) for r in rows))
+    labelled = list(zip(column_labels(rows), rows, strict=True))
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.8), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
-        for backend in dict.fromkeys(r.backend for r in rows):
-            ok = [r for r in rows if (r.variant, r.weights) == model and r.backend == backend and r.status == "ok"]
+        for backend in dict.fromkeys(name for name, _ in labelled):
+            ok = [r for name, r in labelled if name == backend and (r.variant, r.weights) == model and r.status == "ok"]
             if ok:
                 ax.plot([r.height * r.width for r in ok], [r.median_ms for r in ok], marker="o", label=backend)
         ax.set(

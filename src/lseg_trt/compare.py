@@ -42,6 +42,7 @@ class Comparison:
     metrics: FeatureMetrics
     tolerance: str = ""
     passed: bool | None = None  # None: no tolerance applies (checkpoints, sizes, unknown backend names)
+    engine: str = ""  # the engine file a tensorrt candidate ran
 
     def row(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if k != "metrics"}

@@ -115,13 +115,15 @@ def run_fidelity(
                 continue
             outputs[spec.name] = results
     reference = outputs[REFERENCE]
+    engine_files = {spec.name: source.path.name for source, spec in engines}
     comparisons = []
     for backend, results in outputs.items():
         if backend == REFERENCE:
             continue
         for (image, size), features in results.items():
             c = Comparison("backends", lseg.variant, lseg.weights_name, image, format_size(size), REFERENCE, backend,
-                           compare_features(features, reference[(image, size)]))  # fmt: skip
+                           compare_features(features, reference[(image, size)]),
+                           engine=engine_files.get(backend, ""))  # fmt: skip
             comparisons.append(judge(c))
     if out_dir is not None:
         from lseg_trt.figures import save_backend_pictures
