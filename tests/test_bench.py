@@ -10,7 +10,7 @@ import pytest
 
 from lseg_trt import hwinfo
 from lseg_trt.backends import parse_backend
-from lseg_trt.bench import BenchSettings, bench, forward_flops
+from lseg_trt.bench import BenchRow, BenchSettings, bench, column_labels, forward_flops
 from lseg_trt.bench_report import write_results
 from lseg_trt.models import LSeg
 
@@ -87,3 +87,27 @@ def test_nan_weights_are_timed_but_reported(cli, tiny_rn: LSeg, tmp_path: Path) 
     record = json.loads((tmp_path / "out" / "bench.json").read_text())
     assert [r["status"] for r in record["rows"]] == ["nonfinite"] and record["rows"][0]["median_ms"] > 0
     assert "| NaN |" in (tmp_path / "out" / "bench.md").read_text()
+
+
+def test_columns_keep_apart_what_ran_under_one_backend_name() -> None:
+    """A backend name holds one column unless its rows ran different engines: then each given engine is labelled
+    with the options its file name spells, or its whole name where those agree or are absent."""
+
+    def row(backend: str, engine: str = "") -> BenchRow:
+        return BenchRow("vit_l16", "random", backend, 480, 480, 1, engine=engine)
+
+    a = "lseg_vit_l16_random_fp32__fp16_sparse_ws2048MiB_b1_h480_w480.engine"
+    b = "lseg_vit_l16_random_fp32__fp16_sparse_ws2048MiB_b1-1-8_h480_w480.engine"
+    same_options = "lseg_vit_l16_other_fp32__fp16_sparse_ws2048MiB_b1_h480_w480.engine"
+    assert column_labels([row("torch"), row("tensorrt+graph", a)]) == ["torch", "tensorrt+graph"]
+    assert column_labels([row("tensorrt+graph", a), row("tensorrt+graph", b)]) == [
+        "tensorrt+graph [fp16_sparse_ws2048MiB_b1_h480_w480]",
+        "tensorrt+graph [fp16_sparse_ws2048MiB_b1-1-8_h480_w480]",
+    ]
+    built_here_and_given = column_labels([row("tensorrt+graph"), row("tensorrt+graph", a)])
+    assert built_here_and_given == ["tensorrt+graph", "tensorrt+graph [fp16_sparse_ws2048MiB_b1_h480_w480]"]
+    assert column_labels([row("tensorrt", a), row("tensorrt", same_options), row("tensorrt", "x.engine")]) == [
+        f"tensorrt [{a}]",
+        f"tensorrt [{same_options}]",
+        "tensorrt [x.engine]",
+    ]

@@ -165,6 +165,7 @@ def test_preview_features_are_set_named_and_checked(vit_onnx: Path, tmp_path: Pa
     )
     engine = engine_for(vit_onnx, options, tmp_path)
     assert "_pv-aliasedpluginio1003_" in engine.name
+    assert replace(options, preview_features=("aliased_plugin_io_10_03",) * 2) == options  # one choice, one name
     assert EngineRecord.read(engine).request["preview_features"] == ["ALIASED_PLUGIN_IO_10_03"]
     with pytest.raises(
         LsegTrtError,

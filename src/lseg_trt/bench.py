@@ -82,7 +82,7 @@ class BenchRow:
     tflops_achieved: float | None = None  # at the median latency
     includes_copies: bool = False
     device: str = "cpu"
-    engine: str = ""  # the engine file a tensorrt row ran (two fp16 engines share a backend name)
+    engine: str = ""  # the file of an engine given to bench ("" where bench built the engine itself)
 
     @property
     def size(self) -> str:
@@ -301,18 +301,19 @@ def rows_to_dicts(rows: list[BenchRow]) -> list[dict[str, Any]]:
 
 
 def column_labels(rows: list[BenchRow]) -> list[str]:
-    """Each row's name in tables, plots and the summary: its backend, and where engines of one backend name
-    differ (fp16 engines of two profiles, or of other build options), the options its file name spells."""
+    """Each row's name in tables, plots and the summary: its backend, and where rows of one backend name ran
+    different engines (fp16 engines of two profiles or other build options, or one given beside the one bench
+    built itself), the options the engine's file name spells (the whole name where those agree)."""
     engines: dict[str, set[str]] = {}
     for r in rows:
-        if r.engine:
-            engines.setdefault(r.backend, set()).add(r.engine)
-    return [
-        f"{r.backend} [{r.engine.partition('__')[2].removesuffix('.engine')}]"
-        if len(engines.get(r.backend, ())) > 1
-        else r.backend
-        for r in rows
-    ]
+        engines.setdefault(r.backend, set()).add(r.engine)
+
+    def tag(row: BenchRow) -> str:
+        options = row.engine.partition("__")[2].removesuffix(".engine")
+        twins = [e for e in engines[row.backend] if e.partition("__")[2].removesuffix(".engine") == options]
+        return options if options and len(twins) == 1 else row.engine
+
+    return [f"{r.backend} [{tag(r)}]" if r.engine and len(engines[r.backend]) > 1 else r.backend for r in rows]
 
 
 def summarize(rows: list[BenchRow], ceiling_tflops: float | None) -> list[dict[str, Any]]:

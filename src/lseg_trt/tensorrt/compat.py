@@ -85,7 +85,8 @@ class TensorRT:
         unknown = [n for n in names if n not in known]
         if unknown:
             raise LsegTrtError(
-                f"{option}: {', '.join(unknown)} not in {self.describe()}'s {enum}; known: {', '.join(known) or 'none'}"
+                f"{option}: {', '.join(unknown)} not in {self.describe()}'s {enum}; "
+                + (f"known: {', '.join(known)}" if known else f"it has no {enum} at all")
             )
         return [getattr(getattr(self.module, enum), n) for n in names]
 

@@ -90,6 +90,13 @@ class BuildOptions:
     # for dynamic shapes, "most likely to benefit: transformer-based models") is what 8.6 turned on by default
     preview_features: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Names as the CLI gives them (upper case, sorted, once each), so one choice is one engine name."""
+        for name in ("tactic_sources", "preview_features"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, tuple(sorted({n.upper() for n in value})))
+
     def validate(self) -> None:
         self.profile.validate()
         if self.workspace < 1 << 20:
