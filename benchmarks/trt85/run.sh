@@ -6,8 +6,8 @@
 # the device time still returns what it finished; collect.sh packs them. Usage (started by start.sh):
 #   bash benchmarks/trt85/run.sh RESULTS_DIR [all|vit|rn101]
 # all: RN101-ZS's fp16 engine built while ViT-L/16 exports, then ViT-L/16's built and measured, then RN101-ZS's
-# measured, then the rest; vit: ViT-L/16's first (RN101-ZS's has its figures
-# from 2026-12-07/08); rn101: RN101-ZS's fp16 engine only, for a short lease.
+# measured, then the rest; vit: ViT-L/16's engine built and measured before RN101-ZS's is built; rn101:
+# RN101-ZS's fp16 engine only, for a short lease.
 # The stub cuBLAS/cuDNN libraries of this TensorRT package leave TensorRT its own kernels only: every build
 # passes --tactic-sources none (a TensorRT installed with its libraries needs no such option). The timing cache
 # (one per GPU model) is read from benchmarks/trt85/timing/ when present and written back with the results.
