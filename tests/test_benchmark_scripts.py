@@ -179,3 +179,38 @@ def test_fixed_cost_times_every_stage_of_two_trees(tmp_path: Path, tiny_vit_ckpt
         assert stages["stages"]["exit after last write"] >= 0 and stages["stages"]["whole process"] > 0
         (commands,) = result["commands"]
         assert commands["extract --pool 4 (4 frames)"]["run_phase_s"] is not None
+
+
+def test_trt85_summary_pairs_speed_and_fidelity_per_engine(tmp_path: Path) -> None:
+    """A recorded run (2026-12-08, one RN101-ZS engine) with a second fp16 engine of another profile added the way
+    bench and fidelity record it, and the verdict `fidelity --engine` leaves among the sidecars: one row per
+    engine, each beside its own fidelity, and one build row per engine."""
+    run = tmp_path / "run"
+    shutil.copytree(ROOT / "benchmarks/results/h100-2026-12-08/trt85", run)
+    first = next((run / "engines").glob("*.json"))
+    second = first.name.replace("_b1-1-8_", "_b1_")
+    sidecar = json.loads(first.read_text())
+    (run / "engines" / second).write_text(json.dumps(sidecar | {"build_seconds": 7.0}))
+    (run / "engines" / f"{first.stem}.fidelity.json").write_text(json.dumps({"passed": True, "worst": {}}))
+    bench = json.loads((run / "bench-rn101-b1/bench.json").read_text())
+    engine_rows = [r for r in bench["rows"] if r["backend"] == "tensorrt+graph"]
+    for r in engine_rows:
+        r["engine"] = first.with_suffix(".engine").name
+    bench["rows"] += [r | {"engine": Path(second).with_suffix(".engine").name, "median_ms": 9.5} for r in engine_rows]
+    (run / "bench-rn101-b1/bench.json").write_text(json.dumps(bench))
+    fidelity = json.loads((run / "fidelity-rn101-fp16/fidelity.json").read_text())
+    trt = [c for c in fidelity["comparisons"] if c["candidate"] == "tensorrt"]
+    for c in trt:
+        c["engine"] = first.with_suffix(".engine").name
+    fidelity["comparisons"] += [c | {"engine": Path(second).with_suffix(".engine").name, "pixel_cosine_min": 0.5}
+                                for c in trt]  # fmt: skip
+    (run / "fidelity-rn101-fp16/fidelity.json").write_text(json.dumps(fidelity))
+
+    run_script("trt85/summarize.py", str(run))
+    lines = (run / "summary.md").read_text().splitlines()
+    rows = [line for line in lines if "| tensorrt+graph `" in line and "| 480x480 |" in line]
+    assert len(rows) == 2
+    assert "_b1-1-8_" in rows[0] and "| 1.774 |" in rows[0] and "| 0.99951 |" in rows[0]
+    assert "_b1_h256" in rows[1] and "| 9.500 |" in rows[1] and "| 0.50000 |" in rows[1]
+    builds = [line for line in lines if line.startswith("| `lseg_rn101")]
+    assert len(builds) == 2 and not any("fidelity" in line for line in builds)
