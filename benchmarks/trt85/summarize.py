@@ -14,6 +14,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from lseg_trt.tensorrt.options import engine_options
+
 
 def _load(folder: Path, pattern: str) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(folder.glob(pattern))]
@@ -71,7 +73,7 @@ def main(folder: Path) -> str:
             if r["median_ms"] is not None
             else (r["status"][:60], "", "")
         )
-        options = r.get("engine", "").partition("__")[2].removesuffix(".engine")  # the build options it spells
+        options = engine_options(r.get("engine", ""))
         backend = r["backend"] + (f" `{options}`" if options else "")
         lines.append(f"| {r['variant']} | {size} | {r['batch']} | {backend} | " + " | ".join((*timing, *cos)) + " |")
     lines += ["", "| engine | build s | size MB | profile min / opt / max |", "|---|---|---|---|"]

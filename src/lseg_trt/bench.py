@@ -29,7 +29,7 @@ from lseg_trt.models import LSeg
 from lseg_trt.models.config import VARIANTS
 from lseg_trt.models.encoder import LSegImageEncoder
 from lseg_trt.sizes import format_size
-from lseg_trt.tensorrt.options import Profile
+from lseg_trt.tensorrt.options import Profile, engine_options
 
 log = logging.getLogger(__name__)
 
@@ -309,8 +309,8 @@ def column_labels(rows: list[BenchRow]) -> list[str]:
         engines.setdefault(r.backend, set()).add(r.engine)
 
     def tag(row: BenchRow) -> str:
-        options = row.engine.partition("__")[2].removesuffix(".engine")
-        twins = [e for e in engines[row.backend] if e.partition("__")[2].removesuffix(".engine") == options]
+        options = engine_options(row.engine)
+        twins = [e for e in engines[row.backend] if engine_options(e) == options]
         return options if options and len(twins) == 1 else row.engine
 
     return [f"{r.backend} [{tag(r)}]" if r.engine and len(engines[r.backend]) > 1 else r.backend for r in rows]

@@ -144,3 +144,9 @@ def engine_name(onnx_stem: str, precision: str, applied_flags: list[str], worksp
     """`<onnx-stem>__<precision>_<flags>_ws<MiB>MiB_<profile>.engine` (see the module docstring)."""
     parts = [precision, *applied_flags, f"ws{workspace >> 20}MiB", profile_token(profile)]
     return f"{onnx_stem}__{'_'.join(parts)}.engine"
+
+
+def engine_options(file_name: str) -> str:
+    """What `engine_name` wrote after the ONNX stem (precision, flags, workspace, profile): how two engines of
+    one precision differ; "" for a file name it did not make."""
+    return file_name.partition("__")[2].removesuffix(".engine")
