@@ -189,14 +189,16 @@ def engine_for(onnx_path: Path, options: BuildOptions, cache_dir: Path) -> Path:
     if not onnx_path.is_file():
         raise LsegTrtError(f"ONNX model not found: {onnx_path}")
     trt = load(options.flavour)
+    # names this flavour lacks: a user error before anything is exported or built
+    if options.tactic_sources is not None:
+        trt.tactic_source_mask(options.tactic_sources)
+    trt.enum_members("PreviewFeature", options.preview_features, "--preview-features")
     source, info, precision, fp16_flag = _source(trt, onnx_path, options, cache_dir)
     flags = select_flags(trt, options, fp16_flag)
     tokens = [f.token for f in flags if f.token]
     if options.tactic_sources is not None:
-        trt.tactic_source_mask(options.tactic_sources)  # unknown names: a user error before anything is built
         tokens.append(names_token("tac", options.tactic_sources))
     if options.preview_features:
-        trt.enum_members("PreviewFeature", options.preview_features, "--preview-features")
         tokens.append(names_token("pv", options.preview_features))
     engine = cache_dir / engine_name(source.stem, precision, tokens, options.workspace, options.profile)
     request = {
